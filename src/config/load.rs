@@ -1,0 +1,317 @@
+//! Reading files into resources.
+//!
+//! A `--config` path is a file, or a directory whose `*.yaml` / `*.yml`
+//! entries are read (not recursively; dot-files skipped, so Kubernetes'
+//! `..data` machinery is invisible; symlinks followed). Each file may hold
+//! several YAML documents, and a document may be a `kind: List`.
+//! Objects of kinds meshd does not read are skipped with one warning each.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::resources::{Kind, Meta, Resource, ResourceId, Source};
+use super::{yaml, Config, Problem, Sources};
+
+/// Files larger than this are refused rather than read: a proxy's routing
+/// config is kilobytes to a few megabytes, and reading an arbitrary file
+/// whole would let a mistake exhaust memory.
+pub const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// The API group meshd reads and its served versions.
+const GROUP: &str = "networking.istio.io";
+const VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
+
+/// Where one object sits, for messages.
+struct Origin<'a> {
+    file: &'a Arc<Path>,
+    document: usize,
+}
+
+/// Loads every resource under `sources`. Never fails as a whole: problems
+/// (errors and warnings) are returned beside whatever could be read.
+pub fn load(sources: &Sources) -> (Config, Vec<Problem>) {
+    let mut config = Config { namespace: sources.namespace.clone(), ..Config::default() };
+    let mut problems = Vec::new();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in list_files(&sources.paths, &mut problems) {
+        let file: Arc<Path> = Arc::from(file.as_path());
+        let Some(text) = read_file(&file, &mut problems) else { continue };
+        file.hash(&mut hasher);
+        text.hash(&mut hasher);
+        load_text(&text, &file, &mut config, &mut problems);
+    }
+    config.content_hash = hasher.finish();
+    problems.extend(super::validate::unapplied(&config));
+    (config, problems)
+}
+
+/// Parses one file's text into `config`.
+pub fn load_text(text: &str, file: &Arc<Path>, config: &mut Config, problems: &mut Vec<Problem>) {
+    let documents = match yaml::parse_documents(text) {
+        Ok(documents) => documents,
+        Err(e) => {
+            let at = e.line.map(|l| format!("line {l}")).unwrap_or_default();
+            problems.push(Problem::error(Some(file.clone()), None, at, format!("invalid YAML: {e}")));
+            return;
+        }
+    };
+    let mut index = 0;
+    for document in documents {
+        let items = match document.get("kind").and_then(Value::as_str) {
+            Some("List") => match document.get("items") {
+                Some(Value::Array(items)) => items.clone(),
+                Some(Value::Null) | None => Vec::new(),
+                Some(_) => {
+                    let origin = Origin { file, document: index };
+                    problems.push(origin.error(None, "items", "a List's items must be a sequence"));
+                    index += 1;
+                    continue;
+                }
+            },
+            _ => vec![document],
+        };
+        for item in items {
+            load_object(item, &Origin { file, document: index }, config, problems);
+            index += 1;
+        }
+    }
+}
+
+/// Files named by `paths`, in a stable order.
+fn list_files(paths: &[PathBuf], problems: &mut Vec<Problem>) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for path in paths {
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.is_dir() => match read_dir(path) {
+                Ok(mut found) => {
+                    found.sort();
+                    files.extend(found);
+                }
+                Err(e) => problems.push(path_error(path, format!("cannot read directory: {e}"))),
+            },
+            Ok(_) => files.push(path.clone()),
+            Err(e) => problems.push(path_error(path, format!("cannot read: {e}"))),
+        }
+    }
+    files
+}
+
+fn read_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else { continue };
+        let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        // `metadata` follows symlinks; a dangling link is skipped silently,
+        // as Kubernetes briefly leaves them during a ConfigMap update.
+        if !name.starts_with('.') && is_yaml && std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+fn read_file(file: &Arc<Path>, problems: &mut Vec<Problem>) -> Option<String> {
+    let result = std::fs::metadata(file).and_then(|meta| {
+        if meta.len() > MAX_FILE_BYTES {
+            return Err(std::io::Error::other(format!(
+                "file is {} bytes, larger than the {MAX_FILE_BYTES}-byte limit",
+                meta.len()
+            )));
+        }
+        std::fs::read(file)
+    });
+    match result.map(String::from_utf8) {
+        Ok(Ok(text)) => Some(text),
+        Ok(Err(_)) => {
+            problems.push(Problem::error(Some(file.clone()), None, "", "not UTF-8 text"));
+            None
+        }
+        Err(e) => {
+            problems.push(Problem::error(Some(file.clone()), None, "", format!("cannot read: {e}")));
+            None
+        }
+    }
+}
+
+fn path_error(path: &Path, message: String) -> Problem {
+    Problem::error(Some(Arc::from(path)), None, "", message)
+}
+
+/// Classifies one object and, for a kind meshd reads, deserializes it.
+fn load_object(object: Value, origin: &Origin<'_>, config: &mut Config, problems: &mut Vec<Problem>) {
+    let Value::Object(_) = object else {
+        problems.push(origin.error(None, "", "a document must be a mapping with apiVersion and kind"));
+        return;
+    };
+    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+    let kind_name = object.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let (group, version) = api_version.split_once('/').unwrap_or((api_version, ""));
+    let kind = match Kind::from_name(kind_name) {
+        Some(kind) if group == GROUP => kind,
+        _ => {
+            let what = if kind_name.is_empty() { "an object without kind" } else { kind_name };
+            let message = format!("skipping {what} ({api_version}): not a kind meshd reads");
+            problems.push(Problem::warning(Some(origin.file.clone()), None, "kind", message));
+            return;
+        }
+    };
+    let meta = match read_meta(&object, &config.namespace) {
+        Ok(meta) => meta,
+        Err(why) => {
+            problems.push(origin.error(None, "metadata", format!("{kind}: {why}")));
+            return;
+        }
+    };
+    let id = ResourceId { kind, namespace: meta.namespace.clone(), name: meta.name.clone() };
+    if !VERSIONS.contains(&version) {
+        let message = format!("unsupported apiVersion {api_version:?}; expected {GROUP}/v1, v1beta1 or v1alpha3");
+        problems.push(origin.error(Some(id), "apiVersion", message));
+        return;
+    }
+    let spec = object.get("spec").cloned().unwrap_or(Value::Object(Default::default()));
+    let envelope = Envelope { kind, api_version: api_version.to_owned(), meta, origin, id };
+    match kind {
+        Kind::VirtualService => push(&mut config.virtual_services, envelope, spec, problems),
+        Kind::DestinationRule => push(&mut config.destination_rules, envelope, spec, problems),
+        Kind::ServiceEntry => push(&mut config.service_entries, envelope, spec, problems),
+        Kind::WorkloadEntry => push(&mut config.workload_entries, envelope, spec, problems),
+        Kind::Gateway => push(&mut config.gateways, envelope, spec, problems),
+    }
+}
+
+/// Everything about an object except its spec.
+struct Envelope<'a> {
+    kind: Kind,
+    api_version: String,
+    meta: Meta,
+    origin: &'a Origin<'a>,
+    id: ResourceId,
+}
+
+/// Deserializes `spec` with its field path on error and a warning for each
+/// field meshd does not know (Istio would refuse those; meshd ignores them).
+fn push<T: DeserializeOwned>(out: &mut Vec<Resource<T>>, envelope: Envelope<'_>, spec: Value, problems: &mut Vec<Problem>) {
+    let Envelope { kind, api_version, meta, origin, id } = envelope;
+    let mut unknown = Vec::new();
+    let parsed: Result<T, _> = {
+        let mut track = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+        let ignored = serde_ignored::Deserializer::new(spec, &mut track);
+        serde_path_to_error::deserialize(ignored)
+    };
+    for path in unknown {
+        problems.push(origin.warning(Some(id.clone()), format!("spec.{path}"), "unknown field, ignored"));
+    }
+    match parsed {
+        Ok(spec) => out.push(Resource {
+            kind,
+            api_version,
+            meta,
+            spec,
+            source: Source { file: origin.file.clone(), document: origin.document },
+        }),
+        Err(e) => {
+            let path = e.path().to_string();
+            let field = if path == "." { "spec".to_owned() } else { format!("spec.{path}") };
+            problems.push(origin.error(Some(id), field, e.into_inner().to_string()));
+        }
+    }
+}
+
+fn read_meta(object: &Value, default_namespace: &str) -> Result<Meta, String> {
+    let metadata = object.get("metadata").ok_or("metadata is required")?;
+    let name = metadata.get("name").and_then(Value::as_str).unwrap_or_default();
+    if name.is_empty() {
+        return Err("metadata.name is required".into());
+    }
+    let namespace = metadata
+        .get("namespace")
+        .and_then(Value::as_str)
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or(default_namespace);
+    let labels = metadata
+        .get("labels")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect())
+        .unwrap_or_default();
+    Ok(Meta {
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        creation_timestamp: metadata.get("creationTimestamp").and_then(Value::as_str).map(str::to_owned),
+        labels,
+    })
+}
+
+// === impl Origin ===
+
+impl Origin<'_> {
+    fn error(&self, id: Option<ResourceId>, field: impl Into<String>, message: impl Into<String>) -> Problem {
+        let mut p = Problem::error(Some(self.file.clone()), id, field, message);
+        self.locate(&mut p);
+        p
+    }
+
+    fn warning(&self, id: Option<ResourceId>, field: impl Into<String>, message: impl Into<String>) -> Problem {
+        let mut p = Problem::warning(Some(self.file.clone()), id, field, message);
+        self.locate(&mut p);
+        p
+    }
+
+    /// Names the document when no resource identifies the object.
+    fn locate(&self, p: &mut Problem) {
+        if p.resource.is_none() {
+            let doc = format!("document {}", self.document);
+            p.field = if p.field.is_empty() { doc } else { format!("{doc}: {}", p.field) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> (Config, Vec<Problem>) {
+        let mut config = Config { namespace: "default".into(), ..Config::default() };
+        let mut problems = Vec::new();
+        load_text(text, &Arc::from(Path::new("test.yaml")), &mut config, &mut problems);
+        (config, problems)
+    }
+
+    #[test]
+    fn reads_lists_and_documents() {
+        let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.istio.io/v1beta1\n  kind: VirtualService\n  metadata: {name: a}\n  spec: {hosts: [a]}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: b, namespace: x}\nspec: {host: b}\n";
+        let (config, problems) = load_str(text);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(config.virtual_services[0].meta.namespace, "default");
+        assert_eq!(config.destination_rules[0].meta.namespace, "x");
+        assert_eq!(config.destination_rules[0].source.document, 1);
+    }
+
+    #[test]
+    fn skips_other_kinds_with_a_warning() {
+        let (config, problems) = load_str("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n");
+        assert!(config.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert!(!problems[0].is_error());
+    }
+
+    #[test]
+    fn type_errors_name_the_field_path() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec:\n  http:\n  - timeout: soon\n";
+        let (_, problems) = load_str(text);
+        let line = problems[0].to_string();
+        assert!(line.starts_with("test.yaml: VirtualService default/r: spec.http[0].timeout: "), "{line}");
+    }
+
+    #[test]
+    fn unknown_fields_warn() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: r}\nspec: {host: r, bogus: 1}\n";
+        let (config, problems) = load_str(text);
+        assert_eq!(config.destination_rules.len(), 1);
+        assert_eq!(problems[0].field, "spec.bogus");
+    }
+}

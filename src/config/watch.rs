@@ -1,0 +1,1 @@
+//! File watching (placeholder).
