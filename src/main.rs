@@ -1,1 +1,217 @@
-fn main() {}
+//! The `meshd` command line. Everything else lives in the library.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing::error;
+
+use meshd::config::{self, resources::Duration as IstioDuration, Sources};
+use meshd::server::{Options, RunningServer};
+
+#[derive(Parser)]
+#[command(name = "meshd", version, about = "An L7 proxy data plane that reads Istio networking YAML")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run(RunArgs),
+    /// Check configuration files; exit 0 when valid, 1 when not.
+    Validate(ValidateArgs),
+    /// Run a tiny upstream that answers with its name.
+    Echo(EchoArgs),
+    /// Run two echo upstreams and the proxy on config/demo/.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// YAML file or directory (repeatable, or comma-separated in the env var).
+    #[arg(long, required = true, env = "MESHD_CONFIG", value_delimiter = ',')]
+    config: Vec<PathBuf>,
+    /// Proxy listen address (repeatable).
+    #[arg(long, env = "MESHD_LISTEN", value_delimiter = ',', default_value = "127.0.0.1:15001")]
+    listen: Vec<SocketAddr>,
+    /// Admin listen address (loopback by default).
+    #[arg(long, env = "MESHD_ADMIN", default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    #[command(flatten)]
+    common: CommonArgs,
+    /// How long SIGTERM waits for in-flight requests (e.g. 5s, 500ms).
+    #[arg(long, env = "MESHD_DRAIN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    drain_timeout: Duration,
+    /// Do not watch the configuration files (SIGHUP still reloads).
+    #[arg(long, env = "MESHD_NO_WATCH")]
+    no_watch: bool,
+    /// Worker threads (default: available cores, at most 2).
+    #[arg(long, env = "MESHD_WORKERS")]
+    workers: Option<usize>,
+}
+
+#[derive(Args)]
+struct CommonArgs {
+    /// Namespace of resources without metadata.namespace, and of the proxy
+    /// (default: $POD_NAMESPACE, else "default").
+    #[arg(long, env = "MESHD_NAMESPACE")]
+    namespace: Option<String>,
+    /// Log format.
+    #[arg(long, env = "MESHD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// Log filter (tracing env-filter syntax).
+    #[arg(long, env = "MESHD_LOG", default_value = "info")]
+    log: String,
+}
+
+#[derive(Args)]
+struct ValidateArgs {
+    /// YAML files or directories.
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    #[arg(long, env = "MESHD_NAMESPACE")]
+    namespace: Option<String>,
+}
+
+#[derive(Args)]
+struct EchoArgs {
+    #[arg(long, env = "MESHD_ECHO_LISTEN", default_value = "127.0.0.1:18081")]
+    listen: SocketAddr,
+    #[arg(long, env = "MESHD_ECHO_NAME", default_value = "echo")]
+    name: String,
+    #[arg(long, env = "MESHD_WORKERS", default_value_t = 1)]
+    workers: usize,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Demo configuration directory.
+    #[arg(long, default_value = "config/demo")]
+    config: PathBuf,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate(args) => validate(args),
+        Command::Run(args) => {
+            init_logs(&args.common);
+            let workers = args.workers.unwrap_or_else(default_workers);
+            block_on(workers, run(args))
+        }
+        Command::Echo(args) => {
+            let workers = args.workers;
+            block_on(workers, echo(args))
+        }
+        Command::Demo(args) => {
+            init_logs(&args.common);
+            block_on(default_workers(), meshd::demo::run(args.config, namespace(&args.common.namespace)))
+        }
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    let options = Options {
+        config: args.config,
+        listen: args.listen,
+        admin: args.admin,
+        namespace: namespace(&args.common.namespace),
+        drain_timeout: args.drain_timeout,
+        watch: !args.no_watch,
+    };
+    match RunningServer::start(options).await {
+        Ok(server) => {
+            meshd::signals::drive(server).await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn validate(args: ValidateArgs) -> ExitCode {
+    let sources = Sources { paths: args.paths, namespace: namespace(&args.namespace) };
+    let problems = match config::load_and_validate(&sources) {
+        Ok((_, warnings)) => warnings,
+        Err(refused) => refused.problems,
+    };
+    for problem in &problems {
+        println!("{problem}");
+    }
+    let errors = problems.iter().filter(|p| p.is_error()).count();
+    eprintln!("{} error(s), {} warning(s)", errors, problems.len() - errors);
+    if errors == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+async fn echo(args: EchoArgs) -> ExitCode {
+    match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(listener) => {
+            meshd::echo::serve(listener, &args.name).await;
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("meshd echo: cannot listen on {}: {e}", args.listen);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn block_on(workers: usize, main: impl std::future::Future<Output = ExitCode>) -> ExitCode {
+    let runtime = if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+    };
+    match runtime {
+        Ok(runtime) => runtime.block_on(main),
+        Err(e) => {
+            eprintln!("meshd: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get()).min(2)
+}
+
+fn namespace(flag: &Option<String>) -> String {
+    flag.clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    IstioDuration::parse(text).map(|d| d.as_std()).map_err(|e| e.to_string())
+}
+
+fn init_logs(common: &CommonArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&common.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match common.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.init(),
+    }
+}

@@ -1,0 +1,153 @@
+//! The admin server: readiness, liveness, metrics and the config dump.
+//!
+//! | path | answer |
+//! |---|---|
+//! | `GET /ready` | 200 `ready` once a configuration is serving; 503 before that and while draining |
+//! | `GET /healthz` | 200 `ok` while the process runs |
+//! | `GET /stats/prometheus`, `GET /metrics` | Prometheus text |
+//! | `GET /config_dump` | JSON: version, content hash, every resource |
+//! | `GET /clusters` | text: each cluster, its endpoints, requests in flight, idle connections |
+//!
+//! It binds loopback by default and changes nothing: every path is a read.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+
+/// What the admin pages read.
+pub struct AdminState {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Arc<Metrics>,
+    /// Set once the first configuration is applied and listeners are bound.
+    pub ready: AtomicBool,
+    /// Set when draining begins; `/ready` answers 503 from then on.
+    pub draining: AtomicBool,
+}
+
+/// Serves the admin API on `listener` until `shutdown` turns true.
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    debug!(%error, "admin accept failed");
+                    continue;
+                }
+            },
+        };
+        let state = state.clone();
+        let service = service_fn(move |req| {
+            let response = answer(&state, &req);
+            async move { Ok::<_, std::convert::Infallible>(response) }
+        });
+        tokio::spawn(async move {
+            if let Err(error) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+                debug!(%error, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+    }
+    match req.uri().path() {
+        "/ready" => {
+            let ready = state.ready.load(Ordering::Acquire) && !state.draining.load(Ordering::Acquire);
+            match (ready, state.draining.load(Ordering::Acquire)) {
+                (true, _) => text(StatusCode::OK, "ready\n"),
+                (false, true) => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
+                (false, false) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            }
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/stats/prometheus" | "/metrics" => {
+            let mut response = text(StatusCode::OK, state.metrics.encode());
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            response
+        }
+        "/config_dump" => config_dump(&state.snapshot.load()),
+        "/clusters" => text(StatusCode::OK, clusters(&state.snapshot.load())),
+        _ => text(StatusCode::NOT_FOUND, "not found; try /ready /healthz /stats/prometheus /config_dump /clusters\n"),
+    }
+}
+
+fn config_dump(snapshot: &Snapshot) -> Response<Full<Bytes>> {
+    let clusters: Vec<_> = snapshot
+        .clusters
+        .iter()
+        .map(|c| {
+            let state = c.state();
+            serde_json::json!({
+                "name": &**c.name(),
+                "lb": format!("{:?}", state.spec.policy.lb),
+                "endpoints": state.endpoints.endpoints.iter().map(|e| e.addr.to_string()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let dump = serde_json::json!({
+        "version": snapshot.version,
+        "contentHash": format!("{:016x}", snapshot.config.content_hash),
+        "config": &*snapshot.config,
+        "clusters": clusters,
+    });
+    match serde_json::to_vec_pretty(&dump) {
+        Ok(body) => {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+        }
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("config dump failed: {error}\n")),
+    }
+}
+
+fn clusters(snapshot: &Snapshot) -> String {
+    let mut out = String::new();
+    for cluster in &snapshot.clusters {
+        let state = cluster.state();
+        for e in &state.endpoints.endpoints {
+            let _ = writeln!(
+                out,
+                "{}::{}::rq_active::{}\n{}::{}::cx_idle::{}\n{}::{}::weight::{}",
+                cluster.name(),
+                e.addr,
+                e.active_requests(),
+                cluster.name(),
+                e.addr,
+                e.pool.idle_count(),
+                cluster.name(),
+                e.addr,
+                e.weight
+            );
+        }
+    }
+    out
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.into()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}

@@ -1,0 +1,177 @@
+//! Istio's standard label set (spec §5.1), in the order Istio emits it.
+
+use crate::config::resources::Labels;
+
+/// Label names of the HTTP request metrics.
+pub const ISTIO_LABELS: [&str; 25] = [
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+];
+
+const UNKNOWN: &str = "unknown";
+
+/// The proxy's own workload, from the pod's environment.
+#[derive(Clone, Debug)]
+pub struct SourceLabels {
+    pub workload: String,
+    pub canonical_service: String,
+    pub canonical_revision: String,
+    pub namespace: String,
+    pub app: String,
+    pub version: String,
+    pub cluster: String,
+}
+
+/// The labels of one destination: a service and, when an endpoint was
+/// chosen, that endpoint's workload labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestinationLabels {
+    pub service: String,
+    pub service_name: String,
+    pub service_namespace: String,
+    pub workload: String,
+    pub workload_namespace: String,
+    pub app: String,
+    pub version: String,
+    pub canonical_service: String,
+    pub canonical_revision: String,
+    pub request_protocol: &'static str,
+}
+
+// === impl SourceLabels ===
+
+impl SourceLabels {
+    pub fn unknown() -> Self {
+        SourceLabels {
+            workload: UNKNOWN.into(),
+            canonical_service: UNKNOWN.into(),
+            canonical_revision: "latest".into(),
+            namespace: UNKNOWN.into(),
+            app: UNKNOWN.into(),
+            version: UNKNOWN.into(),
+            cluster: UNKNOWN.into(),
+        }
+    }
+
+    /// Reads the downward-API variables Istio's injector sets:
+    /// `ISTIO_META_WORKLOAD_NAME`, `POD_NAMESPACE`, `ISTIO_META_CLUSTER_ID`,
+    /// `APP`/`VERSION` style labels via `MESHD_APP` and `MESHD_VERSION`.
+    pub fn from_env(namespace: &str) -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let app = var("MESHD_APP").unwrap_or_else(|| UNKNOWN.into());
+        let version = var("MESHD_VERSION").unwrap_or_else(|| UNKNOWN.into());
+        SourceLabels {
+            workload: var("ISTIO_META_WORKLOAD_NAME").unwrap_or_else(|| UNKNOWN.into()),
+            canonical_service: var("MESHD_CANONICAL_SERVICE").unwrap_or_else(|| app.clone()),
+            canonical_revision: var("MESHD_CANONICAL_REVISION").unwrap_or_else(|| {
+                if version == UNKNOWN { "latest".into() } else { version.clone() }
+            }),
+            namespace: namespace.to_owned(),
+            cluster: var("ISTIO_META_CLUSTER_ID").unwrap_or_else(|| UNKNOWN.into()),
+            app,
+            version,
+        }
+    }
+}
+
+// === impl DestinationLabels ===
+
+impl DestinationLabels {
+    /// A destination known only by its service (no endpoint chosen).
+    pub fn for_service(host: &str, name: &str, namespace: &str) -> Self {
+        DestinationLabels {
+            service: host.to_owned(),
+            service_name: name.to_owned(),
+            service_namespace: namespace.to_owned(),
+            workload: UNKNOWN.into(),
+            workload_namespace: UNKNOWN.into(),
+            app: UNKNOWN.into(),
+            version: UNKNOWN.into(),
+            canonical_service: UNKNOWN.into(),
+            canonical_revision: "latest".into(),
+            request_protocol: "http",
+        }
+    }
+
+    /// Adds an endpoint's labels: `app`, `version`, the canonical-service
+    /// labels, and the workload name label when present.
+    pub fn with_endpoint(mut self, labels: &Labels) -> Self {
+        let get = |k: &str| labels.get(k).filter(|v| !v.is_empty()).cloned();
+        if let Some(app) = get("app") {
+            self.app = app;
+        }
+        if let Some(version) = get("version") {
+            self.version = version;
+        }
+        self.canonical_service = get("service.istio.io/canonical-name")
+            .or_else(|| get("app"))
+            .unwrap_or_else(|| UNKNOWN.into());
+        self.canonical_revision = get("service.istio.io/canonical-revision")
+            .or_else(|| get("version"))
+            .unwrap_or_else(|| "latest".into());
+        if let Some(workload) = get("workload") {
+            self.workload = workload;
+            self.workload_namespace = self.service_namespace.clone();
+        }
+        self
+    }
+}
+
+/// The 25 label values for one record, in [`ISTIO_LABELS`] order.
+pub fn values<'a>(
+    source: &'a SourceLabels,
+    destination: &'a DestinationLabels,
+    code: &'a str,
+    flags: &'a str,
+) -> [&'a str; 25] {
+    [
+        "source",
+        &source.workload,
+        &source.canonical_service,
+        &source.canonical_revision,
+        &source.namespace,
+        UNKNOWN,
+        &source.app,
+        &source.version,
+        &source.cluster,
+        &destination.workload,
+        &destination.workload_namespace,
+        UNKNOWN,
+        &destination.app,
+        &destination.version,
+        &destination.service,
+        &destination.canonical_service,
+        &destination.canonical_revision,
+        &destination.service_name,
+        &destination.service_namespace,
+        UNKNOWN,
+        destination.request_protocol,
+        code,
+        "",
+        flags,
+        UNKNOWN,
+    ]
+}

@@ -1,0 +1,224 @@
+//! Prometheus metrics: Istio's standard request metrics (spec §5.1) and
+//! meshd's own.
+//!
+//! One [`Registry`] per process, owned by [`Metrics`]. The request path never
+//! builds a label set: [`RequestMetricsCache`] holds resolved handles per
+//! destination for the common `(status, no flags)` combinations, so
+//! recording a request is a few atomic adds. Rare combinations (error
+//! statuses with response flags) resolve their handles through the label
+//! hash map once per request, which is acceptable off the happy path.
+
+use std::sync::{Arc, OnceLock};
+
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+mod labels;
+
+pub use labels::{DestinationLabels, SourceLabels};
+
+/// Envoy's default histogram buckets, used by Istio for all three request
+/// histograms (milliseconds or bytes).
+pub const BUCKETS: [f64; 19] = [
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0,
+    300000.0, 600000.0, 1800000.0, 3600000.0,
+];
+
+/// Statuses whose handles are cached per destination (with no response
+/// flags): the ones a healthy service answers with.
+const COMMON_STATUSES: [u16; 12] = [200, 201, 202, 204, 206, 301, 302, 304, 400, 401, 403, 404];
+
+/// The process's metric families.
+pub struct Metrics {
+    /// The one registry `/stats/prometheus` encodes.
+    registry: Registry,
+    /// Workload identity of this proxy, the `source_*` labels.
+    source: SourceLabels,
+    requests_total: IntCounterVec,
+    request_duration: HistogramVec,
+    request_bytes: HistogramVec,
+    response_bytes: HistogramVec,
+    /// `meshd_config_reloads_total{result="applied"|"rejected"|"unchanged"}`.
+    pub config_reloads: IntCounterVec,
+    /// `meshd_config_version`: version of the active snapshot.
+    pub config_version: prometheus::IntGauge,
+    /// `meshd_downstream_connections_active`.
+    pub downstream_connections: prometheus::IntGauge,
+    /// `envoy_cluster_upstream_cx_total{cluster_name}`-style counters are
+    /// per cluster; this family holds connects by result.
+    pub upstream_connects: IntCounterVec,
+}
+
+/// Resolved handles for one label set.
+#[derive(Clone)]
+pub struct RequestMetrics {
+    requests: IntCounter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// Per-destination cache of [`RequestMetrics`] for [`COMMON_STATUSES`].
+pub struct RequestMetricsCache {
+    labels: Arc<DestinationLabels>,
+    common: [OnceLock<RequestMetrics>; COMMON_STATUSES.len()],
+}
+
+/// One finished request, ready to record.
+pub struct RequestRecord<'a> {
+    pub status: u16,
+    /// Envoy's `%RESPONSE_FLAGS%` (`-` when none).
+    pub flags: &'a str,
+    pub duration_ms: f64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("metrics registry: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+// === impl Metrics ===
+
+impl Metrics {
+    pub fn new(source: SourceLabels) -> Result<Arc<Self>, MetricsError> {
+        let registry = Registry::new();
+        let histogram = |name: &str, help: &str| {
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), &labels::ISTIO_LABELS)
+        };
+        let metrics = Metrics {
+            requests_total: IntCounterVec::new(
+                Opts::new("istio_requests_total", "Requests handled, by source and destination"),
+                &labels::ISTIO_LABELS,
+            )?,
+            request_duration: histogram("istio_request_duration_milliseconds", "Request duration in milliseconds")?,
+            request_bytes: histogram("istio_request_bytes", "Request size in bytes (headers and body)")?,
+            response_bytes: histogram("istio_response_bytes", "Response size in bytes (headers and body)")?,
+            config_reloads: IntCounterVec::new(
+                Opts::new("meshd_config_reloads_total", "Configuration reloads by result"),
+                &["result"],
+            )?,
+            config_version: prometheus::IntGauge::new("meshd_config_version", "Version of the active configuration")?,
+            downstream_connections: prometheus::IntGauge::new(
+                "meshd_downstream_connections_active",
+                "Open downstream connections",
+            )?,
+            upstream_connects: IntCounterVec::new(
+                Opts::new("meshd_upstream_connects_total", "Upstream connection attempts by result"),
+                &["result"],
+            )?,
+            registry,
+            source,
+        };
+        let build = IntGaugeVec::new(Opts::new("istio_build", "Proxy build"), &["component", "tag"])?;
+        build.with_label_values(&["proxy", env!("CARGO_PKG_VERSION")]).set(1);
+        let r = &metrics.registry;
+        r.register(Box::new(metrics.requests_total.clone()))?;
+        r.register(Box::new(metrics.request_duration.clone()))?;
+        r.register(Box::new(metrics.request_bytes.clone()))?;
+        r.register(Box::new(metrics.response_bytes.clone()))?;
+        r.register(Box::new(metrics.config_reloads.clone()))?;
+        r.register(Box::new(metrics.config_version.clone()))?;
+        r.register(Box::new(metrics.downstream_connections.clone()))?;
+        r.register(Box::new(metrics.upstream_connects.clone()))?;
+        r.register(Box::new(build))?;
+        Ok(Arc::new(metrics))
+    }
+
+    /// The registry, for families other modules register.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Prometheus text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        // Encoding into a Vec cannot fail on I/O; a family that fails to
+        // encode is skipped rather than failing the scrape.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// A cache of handles for requests to `destination`.
+    pub fn cache(&self, destination: Arc<DestinationLabels>) -> RequestMetricsCache {
+        RequestMetricsCache { labels: destination, common: Default::default() }
+    }
+
+    /// Records one request to `destination` without a cache (local replies,
+    /// rare statuses).
+    pub fn record(&self, destination: &DestinationLabels, record: &RequestRecord<'_>) {
+        self.resolve(destination, record.status, record.flags).observe(record);
+    }
+
+    fn resolve(&self, destination: &DestinationLabels, status: u16, flags: &str) -> RequestMetrics {
+        let code = itoa_status(status);
+        let values = labels::values(&self.source, destination, &code, flags);
+        RequestMetrics {
+            requests: self.requests_total.with_label_values(&values),
+            duration: self.request_duration.with_label_values(&values),
+            request_bytes: self.request_bytes.with_label_values(&values),
+            response_bytes: self.response_bytes.with_label_values(&values),
+        }
+    }
+}
+
+fn itoa_status(status: u16) -> String {
+    status.to_string()
+}
+
+// === impl RequestMetrics ===
+
+impl RequestMetrics {
+    fn observe(&self, record: &RequestRecord<'_>) {
+        self.requests.inc();
+        self.duration.observe(record.duration_ms);
+        self.request_bytes.observe(record.request_bytes as f64);
+        self.response_bytes.observe(record.response_bytes as f64);
+    }
+}
+
+// === impl RequestMetricsCache ===
+
+impl RequestMetricsCache {
+    pub fn labels(&self) -> &Arc<DestinationLabels> {
+        &self.labels
+    }
+
+    /// Records one request, through cached handles when the status is
+    /// common and there are no flags.
+    pub fn record(&self, metrics: &Metrics, record: &RequestRecord<'_>) {
+        let slot = (record.flags == "-")
+            .then(|| COMMON_STATUSES.iter().position(|s| *s == record.status))
+            .flatten()
+            .and_then(|i| self.common.get(i));
+        match slot {
+            Some(slot) => slot.get_or_init(|| metrics.resolve(&self.labels, record.status, "-")).observe(record),
+            None => metrics.record(&self.labels, record),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_and_uncached_records_land_in_one_series() {
+        let metrics = Metrics::new(SourceLabels::unknown()).unwrap();
+        let dest = Arc::new(DestinationLabels::for_service("r.default.svc.cluster.local", "r", "default"));
+        let cache = metrics.cache(dest.clone());
+        let rec = |status, flags| RequestRecord { status, flags, duration_ms: 1.0, request_bytes: 10, response_bytes: 20 };
+        cache.record(&metrics, &rec(200, "-"));
+        cache.record(&metrics, &rec(200, "-"));
+        metrics.record(&dest, &rec(200, "-"));
+        cache.record(&metrics, &rec(503, "UF"));
+        let text = metrics.encode();
+        let line = |code: &str, flags: &str| {
+            text.lines()
+                .find(|l| l.starts_with("istio_requests_total{") && l.contains(&format!("response_code=\"{code}\"")) && l.contains(&format!("response_flags=\"{flags}\"")))
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+        };
+        assert_eq!(line("200", "-").as_deref(), Some("3"));
+        assert_eq!(line("503", "UF").as_deref(), Some("1"));
+        assert!(text.contains("istio_request_duration_milliseconds_bucket{"));
+    }
+}

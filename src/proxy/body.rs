@@ -1,0 +1,168 @@
+//! The response body meshd sends downstream, and the bookkeeping that runs
+//! when it ends.
+//!
+//! A proxied response streams the upstream body through unchanged. When the
+//! last frame has passed (or the body is dropped), [`Completion`] returns
+//! the upstream connection to its pool (only if the exchange completed),
+//! ends the endpoint's in-flight count, and records the request's metrics
+//! with its final size and duration.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use tokio::time::Instant;
+
+use super::flags::ResponseFlags;
+use crate::metrics::RequestRecord;
+use crate::upstream::{ActiveRequest, RequestBody};
+
+/// The downstream response body.
+pub enum ProxyBody {
+    /// A proxied upstream body; `done` runs once at its end.
+    Upstream { inner: Incoming, done: Option<Completion> },
+    /// A locally generated reply (already recorded).
+    Local(Option<Bytes>),
+}
+
+/// What to do when a proxied exchange ends.
+pub struct Completion {
+    /// Keeps the endpoint's in-flight count until the body ends.
+    pub active: ActiveRequest,
+    /// The upstream connection, returned to the pool on a clean end.
+    pub conn: Option<SendRequest<RequestBody>>,
+    pub start: Instant,
+    pub status: u16,
+    pub flags: ResponseFlags,
+    pub request_bytes: RequestBytes,
+    /// Response head bytes, then body bytes as they pass.
+    pub response_bytes: u64,
+}
+
+/// `istio_request_bytes`: the head plus the body length, announced or
+/// counted as it streams.
+pub struct RequestBytes {
+    pub head: u64,
+    pub body: BodyBytes,
+}
+
+pub enum BodyBytes {
+    Known(u64),
+    Counted(Arc<AtomicU64>),
+}
+
+// === impl ProxyBody ===
+
+impl ProxyBody {
+    pub fn local(body: impl Into<Bytes>) -> Self {
+        let body = body.into();
+        ProxyBody::Local((!body.is_empty()).then_some(body))
+    }
+
+    pub fn empty() -> Self {
+        ProxyBody::Local(None)
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            ProxyBody::Local(body) => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
+            ProxyBody::Upstream { inner, done } => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(data), Some(done)) = (frame.data_ref(), done.as_mut()) {
+                            done.response_bytes += data.len() as u64;
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(done) = done.take() {
+                            done.finish(true);
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        if let Some(mut done) = done.take() {
+                            done.flags |= ResponseFlags::UC;
+                            done.finish(false);
+                        }
+                    }
+                    Poll::Pending => {}
+                }
+                polled
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Local(body) => body.is_none(),
+            ProxyBody::Upstream { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Local(body) => SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64)),
+            ProxyBody::Upstream { inner, .. } => inner.size_hint(),
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let ProxyBody::Upstream { inner, done } = self {
+            if let Some(mut done) = done.take() {
+                // Bodies with nothing to read (HEAD, 204, 304, length 0)
+                // are never polled; they completed all the same.
+                let complete = inner.is_end_stream();
+                if !complete {
+                    done.flags |= ResponseFlags::DC;
+                }
+                done.finish(complete);
+            }
+        }
+    }
+}
+
+// === impl Completion ===
+
+impl Completion {
+    fn finish(mut self, complete: bool) {
+        let endpoint = self.active.endpoint();
+        if let (true, Some(conn)) = (complete, self.conn.take()) {
+            endpoint.pool.checkin(conn);
+        }
+        let flags = self.flags.as_str();
+        endpoint.metrics.record(
+            &endpoint.registry,
+            &RequestRecord {
+                status: self.status,
+                flags: &flags,
+                duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
+                request_bytes: self.request_bytes.total(),
+                response_bytes: self.response_bytes,
+            },
+        );
+    }
+}
+
+// === impl RequestBytes ===
+
+impl RequestBytes {
+    pub fn total(&self) -> u64 {
+        self.head
+            + match &self.body {
+                BodyBytes::Known(n) => *n,
+                BodyBytes::Counted(n) => n.load(Ordering::Relaxed),
+            }
+    }
+}

@@ -1,0 +1,70 @@
+//! Accepting downstream connections and serving HTTP/1.1 and HTTP/2 (h2c
+//! prior knowledge, detected from the connection preface) on them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{debug, warn};
+
+use super::service::{handle, Downstream};
+use super::Proxy;
+
+/// How long a client may take to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves `listener` until `shutdown` turns true, then drains: stops
+/// accepting, tells every open connection to finish its current request
+/// and close (HTTP/1.1: no more keep-alive; HTTP/2: GOAWAY), and returns
+/// once all have closed or `drain_timeout` has passed.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>, drain_timeout: Duration) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: back off briefly
+                // instead of spinning; the listener stays open.
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            debug!(%error, "set_nodelay failed");
+        }
+        let downstream = Downstream { peer, scheme: "http" };
+        let proxy_for_conn = proxy.clone();
+        let service = service_fn(move |req| {
+            let proxy = proxy_for_conn.clone();
+            async move { Ok::<_, std::convert::Infallible>(handle(proxy, downstream, req).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        let conn = graceful.watch(conn);
+        let gauge = proxy.metrics.downstream_connections.clone();
+        gauge.inc();
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                debug!(%peer, %error, "downstream connection ended with an error");
+            }
+            gauge.dec();
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
+        warn!(?drain_timeout, "drain timeout passed with connections still open");
+    }
+}

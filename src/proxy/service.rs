@@ -1,0 +1,192 @@
+//! The per-request path: route, pick, forward, stream back.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri, Version};
+use http_body::Body;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::{BodyBytes, Completion, ProxyBody, RequestBytes};
+use super::flags::ResponseFlags;
+use super::headers;
+use super::local::LocalReply;
+use super::{forward, Proxy};
+use crate::metrics::DestinationLabels;
+use crate::routing::{Action, ClusterRef, Lookup, RequestView};
+use crate::snapshot::Snapshot;
+use crate::upstream::RequestBody;
+
+/// Per-connection facts the request path needs.
+#[derive(Clone, Copy, Debug)]
+pub struct Downstream {
+    pub peer: SocketAddr,
+    /// `http` (or `https` on TLS listeners).
+    pub scheme: &'static str,
+}
+
+/// Handles one request; never fails (errors become local replies).
+pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, req: Request<Incoming>) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let snapshot = proxy.snapshot.load_full();
+    let head_bytes = request_head_bytes(&req);
+    let decision = match route(&snapshot, &downstream, &req) {
+        Ok(decision) => decision,
+        Err((reply, destination)) => return reply.into_response(&proxy.metrics, &destination, start, head_bytes),
+    };
+    let Some(cluster) = snapshot.clusters.get(decision) else {
+        let destination = DestinationLabels::for_service("unknown", "unknown", "unknown");
+        return LocalReply::no_cluster().into_response(&proxy.metrics, &destination, start, head_bytes);
+    };
+    let Some((endpoint, connect_timeout)) = cluster.pick() else {
+        let s = &cluster.state().spec.service;
+        let destination = DestinationLabels::for_service(&s.host, &s.name, &s.namespace);
+        return LocalReply::no_healthy_upstream().into_response(&proxy.metrics, &destination, start, head_bytes);
+    };
+    drop(snapshot);
+    let active = endpoint.start();
+    let (upstream_req, request_bytes) = prepare(req, &downstream, head_bytes);
+    let endpoint = active.endpoint();
+    match forward::send(&endpoint.pool, upstream_req, connect_timeout).await {
+        Ok((response, conn)) => {
+            let (mut parts, inner) = response.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers, false);
+            let service_ms = start.elapsed().as_millis() as u64;
+            parts.headers.insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_ms));
+            let done = Completion {
+                status: parts.status.as_u16(),
+                response_bytes: headers::block_bytes(&parts.headers) + 17,
+                active,
+                conn: Some(conn),
+                start,
+                flags: ResponseFlags::NONE,
+                request_bytes,
+            };
+            Response::from_parts(parts, ProxyBody::Upstream { inner, done: Some(done) })
+        }
+        Err(error) => {
+            let (flags, reason) = error.classify();
+            tracing::debug!(upstream = %endpoint.addr, %error, "upstream request failed");
+            let reply = LocalReply::upstream_reset(flags, reason);
+            reply.into_response(&endpoint.registry, endpoint.metrics.labels(), start, request_bytes.total())
+        }
+    }
+}
+
+/// Finds the cluster for `req`, or the local reply to send instead (with
+/// the destination its metrics are recorded against).
+fn route(
+    snapshot: &Snapshot,
+    downstream: &Downstream,
+    req: &Request<Incoming>,
+) -> Result<usize, (LocalReply, DestinationLabels)> {
+    let Some(authority) = authority(req) else {
+        let unknown = DestinationLabels::for_service("unknown", "unknown", "unknown");
+        return Err((LocalReply::bad_request("missing host header"), unknown));
+    };
+    let view = RequestView {
+        method: req.method(),
+        scheme: downstream.scheme,
+        authority,
+        port: authority_port(authority).unwrap_or(if downstream.scheme == "https" { 443 } else { 80 }),
+        path: req.uri().path(),
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let not_found = || {
+        let host = host_only(authority);
+        (LocalReply::no_route(), DestinationLabels::for_service(host, host, "unknown"))
+    };
+    let forward = match snapshot.table.find(&view) {
+        Lookup::NoVirtualHost | Lookup::NoRoute(_) => return Err(not_found()),
+        Lookup::Route(_, route) => match &route.action {
+            Action::Forward(forward) => forward,
+        },
+    };
+    match forward.pick(fastrand::u32(..)).map(|d| &d.cluster) {
+        Some(ClusterRef::Known(id)) => Ok(id.0 as usize),
+        Some(ClusterRef::Missing { service, .. }) => {
+            let labels = DestinationLabels::for_service(&service.host, &service.name, &service.namespace);
+            Err((LocalReply::no_cluster(), labels))
+        }
+        None => Err(not_found()),
+    }
+}
+
+/// Turns the downstream request into the upstream one: origin-form URI,
+/// HTTP/1.1, `Host` present, hop-by-hop headers removed, forwarding headers
+/// set, body streamed.
+fn prepare(req: Request<Incoming>, downstream: &Downstream, head_bytes: u64) -> (Request<RequestBody>, RequestBytes) {
+    let (mut parts, body) = req.into_parts();
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(value) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            parts.headers.insert(header::HOST, value);
+        }
+    }
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(path);
+    }
+    parts.version = Version::HTTP_11;
+    headers::strip_hop_by_hop(&mut parts.headers, true);
+    headers::set_forwarding(&mut parts.headers, downstream.peer.ip(), downstream.scheme);
+    let (body, counted) = if body.is_end_stream() {
+        (RequestBody::Empty, BodyBytes::Known(0))
+    } else if let Some(len) = body.size_hint().exact() {
+        (RequestBody::Streamed(body), BodyBytes::Known(len))
+    } else {
+        let count = Arc::new(AtomicU64::new(0));
+        (RequestBody::Counted(body, count.clone()), BodyBytes::Counted(count))
+    };
+    (Request::from_parts(parts, body), RequestBytes { head: head_bytes, body: counted })
+}
+
+/// The request's authority: `:authority` (HTTP/2, absolute-form) or `Host`.
+fn authority<B>(req: &Request<B>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()))
+        .filter(|a| !a.is_empty())
+}
+
+/// The port in an authority, if any (`[::1]:80`, `host:8080`).
+fn authority_port(authority: &str) -> Option<u16> {
+    let (host, port) = authority.rsplit_once(':')?;
+    if host.contains(':') && !host.ends_with(']') {
+        return None; // a bare IPv6 address
+    }
+    port.parse().ok()
+}
+
+fn host_only(authority: &str) -> &str {
+    match authority_port(authority) {
+        Some(_) => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        None => authority,
+    }
+}
+
+/// Bytes of the request line and headers, as HTTP/1.1 would send them.
+fn request_head_bytes<B>(req: &Request<B>) -> u64 {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    (req.method().as_str().len() + target + 11) as u64 + headers::block_bytes(req.headers())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authority_ports() {
+        assert_eq!(authority_port("a:8080"), Some(8080));
+        assert_eq!(authority_port("a"), None);
+        assert_eq!(authority_port("[::1]:80"), Some(80));
+        assert_eq!(authority_port("::1"), None);
+        assert_eq!(host_only("a:8080"), "a");
+        assert_eq!(host_only("a"), "a");
+    }
+}

@@ -1,0 +1,166 @@
+//! Wiring and lifecycle: build the shared state, apply the first
+//! configuration, bind listeners and the admin port, reload on request,
+//! and drain on shutdown.
+//!
+//! Shutdown is a `watch` channel every task listens to (mini-redis's
+//! broadcast idiom): `/ready` turns 503, listeners stop accepting and give
+//! open connections up to the drain timeout to finish, then the admin
+//! server stops and [`RunningServer::wait`] returns.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+mod reload;
+
+pub use reload::{Outcome, Reloader};
+
+use crate::admin::{self, AdminState};
+use crate::config::Sources;
+use crate::metrics::{Metrics, SourceLabels};
+use crate::proxy::{listener, Proxy};
+use crate::snapshot::Snapshot;
+
+/// Pause after the first change event before reloading, so a burst of
+/// events (an editor's save, a ConfigMap flip) costs one reload.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// How `meshd run` is configured.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub config: Vec<PathBuf>,
+    pub listen: Vec<SocketAddr>,
+    pub admin: SocketAddr,
+    pub namespace: String,
+    pub drain_timeout: Duration,
+    /// Watch the config paths for changes.
+    pub watch: bool,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
+    #[error("cannot watch the configuration: {0}")]
+    Watch(#[from] notify::Error),
+}
+
+/// A started server.
+pub struct RunningServer {
+    /// Bound proxy addresses (useful with port 0).
+    pub listen_addrs: Vec<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    pub admin: Arc<AdminState>,
+    /// Asks the reload task for a reload.
+    reload: Arc<Notify>,
+    /// `true` starts the drain.
+    shutdown: watch::Sender<bool>,
+    /// Listener tasks (they end after draining), then the admin and reload
+    /// tasks.
+    listeners: JoinSet<()>,
+    background: JoinSet<()>,
+    /// Keeps the file watcher alive.
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+// === impl RunningServer ===
+
+impl RunningServer {
+    /// Binds everything, applies the configuration once, and starts serving.
+    /// An invalid first configuration is logged and the server starts
+    /// anyway, not ready, waiting for a valid one.
+    pub async fn start(options: Options) -> Result<Self, StartError> {
+        let metrics = Metrics::new(SourceLabels::from_env(&options.namespace))?;
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
+        let sources = Sources { paths: options.config.clone(), namespace: options.namespace.clone() };
+        let mut reloader = Reloader::new(sources, snapshot.clone(), metrics.clone());
+        let first = reloader.reload().await;
+
+        let mut listeners_bound = Vec::new();
+        for addr in &options.listen {
+            let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: *addr, source })?;
+            listeners_bound.push(listener);
+        }
+        let admin_listener =
+            TcpListener::bind(options.admin).await.map_err(|source| StartError::Bind { addr: options.admin, source })?;
+        let listen_addrs = listeners_bound.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>();
+        let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind { addr: options.admin, source })?;
+
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let admin = Arc::new(AdminState {
+            snapshot: snapshot.clone(),
+            metrics: metrics.clone(),
+            ready: Default::default(),
+            draining: Default::default(),
+        });
+        let proxy = Arc::new(Proxy { snapshot, metrics });
+        let mut listeners = JoinSet::new();
+        for listener in listeners_bound {
+            listeners.spawn(listener::serve(listener, proxy.clone(), shutdown_rx.clone(), options.drain_timeout));
+        }
+        let mut background = JoinSet::new();
+        background.spawn(admin::serve(admin_listener, admin.clone(), shutdown_rx.clone()));
+
+        let reload = Arc::new(Notify::new());
+        background.spawn(reload_task(reloader, reload.clone(), admin.clone(), shutdown_rx));
+        let watcher = if options.watch {
+            let notify = reload.clone();
+            Some(crate::config::watch::watch(&options.config, move || notify.notify_one())?)
+        } else {
+            None
+        };
+        if matches!(first, Outcome::Applied { .. }) {
+            admin.ready.store(true, Ordering::Release);
+        }
+        info!(listen = ?listen_addrs, admin = %admin_addr, "meshd listening");
+        Ok(RunningServer { listen_addrs, admin_addr, admin, reload, shutdown, listeners, background, _watcher: watcher })
+    }
+
+    /// Asks for a reload (as SIGHUP does).
+    pub fn reload(&self) {
+        self.reload.notify_one();
+    }
+
+    /// Starts draining: `/ready` turns 503 and listeners stop accepting.
+    pub fn shutdown(&self) {
+        self.admin.draining.store(true, Ordering::Release);
+        self.shutdown.send_replace(true);
+    }
+
+    /// Waits until every listener has drained, then stops the rest.
+    pub async fn wait(mut self) {
+        while self.listeners.join_next().await.is_some() {}
+        self.shutdown.send_replace(true);
+        self.background.shutdown().await;
+        info!("meshd stopped");
+    }
+}
+
+/// Runs reloads one at a time as requests arrive, debounced.
+async fn reload_task(mut reloader: Reloader, requests: Arc<Notify>, admin: Arc<AdminState>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = requests.notified() => {}
+        }
+        tokio::time::sleep(DEBOUNCE).await;
+        match reloader.reload().await {
+            Outcome::Applied { .. } => admin.ready.store(true, Ordering::Release),
+            Outcome::Unchanged => {}
+            Outcome::Rejected { problems } => {
+                warn!(problems = problems.len(), "reload refused");
+            }
+        }
+    }
+}
