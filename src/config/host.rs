@@ -60,10 +60,11 @@ pub fn aliases(fqdn: &str, proxy_namespace: &str) -> Vec<String> {
     out
 }
 
-/// Checks a host as Istio's `ValidateWildcardDomain` does: optional leading
-/// `*` (alone or followed by a DNS suffix), labels of 1–63 characters of
-/// `[a-z0-9-]` not starting or ending with `-`, at most 255 characters, and a
-/// top-level label that is not all digits. Returns the reason on failure.
+/// Checks a host as Istio's `ValidateWildcardDomain` does: a wildcard is
+/// allowed only in the first label (`*`, `*.foo.com`, `*foo.com`,
+/// `*-foo.com`); labels of 1–63 characters of `[a-z0-9-]` not starting or
+/// ending with `-`; at most 255 characters; a top-level label that is not
+/// all digits. Returns the reason on failure.
 pub fn check_wildcard_domain(host: &str) -> Result<(), String> {
     if host.is_empty() {
         return Err("host must not be empty".into());
@@ -71,15 +72,24 @@ pub fn check_wildcard_domain(host: &str) -> Result<(), String> {
     if host.len() > 255 {
         return Err(format!("domain name {host:?} too long (max 255)"));
     }
-    let rest = match host.strip_prefix('*') {
-        Some("") => return Ok(()),
-        Some(rest) => rest.strip_prefix('.').unwrap_or(rest),
-        None => host,
-    };
-    if rest.is_empty() {
-        return Err(format!("invalid wildcard domain {host:?}"));
+    if host == "*" {
+        return Ok(());
     }
-    check_dns_name(rest).map_err(|why| format!("domain name {host:?} invalid ({why})"))
+    let (first, rest) = host.split_once('.').unwrap_or((host, ""));
+    let checked = match first.strip_prefix('*') {
+        // `*.foo.com`: the rest is a plain name.
+        Some("") if !rest.is_empty() => check_dns_name(rest),
+        // `*foo.com`, `*-foo.com`: the label's remainder may start with `-`.
+        Some(tail) => check_dns_label(tail.strip_prefix('-').unwrap_or(tail)).and_then(|()| {
+            if rest.is_empty() {
+                Ok(())
+            } else {
+                check_dns_name(rest)
+            }
+        }),
+        None => check_dns_name(host),
+    };
+    checked.map_err(|why| format!("domain name {host:?} invalid ({why})"))
 }
 
 /// Checks a plain DNS name (no wildcard); a trailing dot is allowed.
@@ -90,9 +100,7 @@ pub fn check_dns_name(name: &str) -> Result<(), String> {
         check_dns_label(label)?;
     }
     match labels.last() {
-        Some(top) if labels.len() > 1 && top.bytes().all(|b| b.is_ascii_digit()) => {
-            Err("top-level label is all digits".into())
-        }
+        Some(top) if top.bytes().all(|b| b.is_ascii_digit()) => Err("top-level label is all digits".into()),
         _ => Ok(()),
     }
 }
@@ -167,6 +175,11 @@ mod tests {
         assert!(check_wildcard_domain("foo_bar.com").is_err());
         assert!(check_wildcard_domain("*foo*.com").is_err());
         assert!(check_wildcard_domain("foo.123").is_err());
+        assert!(check_wildcard_domain("123").is_err());
+        assert!(check_wildcard_domain("*.123").is_err());
+        assert!(check_wildcard_domain("*-foo.com").is_ok());
+        assert!(check_wildcard_domain("*foo.com").is_ok());
+        assert!(check_wildcard_domain("*.").is_err());
         assert!(check_wildcard_domain(&"a".repeat(64)).is_err());
         assert!(is_dns1123_label("v1"));
         assert!(!is_dns1123_label("v1.0"));
