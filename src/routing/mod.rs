@@ -15,13 +15,18 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Method};
 
-use crate::config::resources::{Labels, TrafficPolicy};
-use crate::config::{Config, Problem};
+use crate::config::resources::Labels;
+use crate::config::Problem;
 
 mod compile;
+mod dest_rule;
 mod host_index;
 mod matcher;
 mod policy;
+mod routes;
+mod services;
+#[cfg(test)]
+mod testutil;
 
 pub use compile::compile;
 pub use host_index::HostIndex;
@@ -211,7 +216,7 @@ impl RouteTable {
         let Some(vhost) = self.virtual_hosts.get(index) else {
             return Lookup::NoVirtualHost;
         };
-        match vhost.routes.iter().find(|r| r.matcher.as_ref().is_none_or(|m| m.matches(req))) {
+        match vhost.routes.iter().find(|r| r.matcher.as_ref().map_or(true, |m| m.matches(req))) {
             Some(route) => Lookup::Route(vhost, route),
             None => Lookup::NoRoute(vhost),
         }
@@ -248,7 +253,3 @@ impl Default for ClusterPolicy {
         }
     }
 }
-
-// Keep the import used until compile.rs needs it.
-#[allow(dead_code)]
-type _TrafficPolicy = TrafficPolicy;

@@ -1,0 +1,100 @@
+//! Helpers shared by the routing unit tests.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, Method};
+
+use super::{compile, ClusterRef, Compiled, Lookup, RequestView, Route};
+use crate::config::load::load_text;
+use crate::config::Config;
+
+/// A configuration loaded from YAML text for a proxy in `namespace`;
+/// panics on load errors.
+pub(super) fn config(yaml: &str, namespace: &str) -> Config {
+    let mut config = Config { namespace: namespace.into(), ..Config::default() };
+    let mut problems = Vec::new();
+    load_text(yaml, &Arc::from(Path::new("test.yaml")), &mut config, &mut problems);
+    assert!(!problems.iter().any(|p| p.is_error()), "{problems:?}");
+    config
+}
+
+pub(super) fn compiled(yaml: &str, namespace: &str) -> Compiled {
+    compile(&config(yaml, namespace))
+}
+
+/// A ServiceEntry document.
+pub(super) fn se(name: &str, ns: &str, spec: &str) -> String {
+    format!("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}")
+}
+
+/// A VirtualService document.
+pub(super) fn vs(name: &str, ns: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}"
+    )
+}
+
+/// A request to route in tests.
+pub(super) struct Req {
+    pub method: Method,
+    pub authority: String,
+    pub port: u16,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HeaderMap,
+}
+
+pub(super) fn req(authority: &str, path: &str) -> Req {
+    let (path, query) = match path.split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (path.to_owned(), None),
+    };
+    Req { method: Method::GET, authority: authority.into(), port: 80, path, query, headers: HeaderMap::new() }
+}
+
+impl Req {
+    pub fn header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.append(name, HeaderValue::from_static(value));
+        self
+    }
+
+    pub fn view(&self) -> RequestView<'_> {
+        RequestView {
+            method: &self.method,
+            scheme: "http",
+            authority: &self.authority,
+            port: self.port,
+            path: &self.path,
+            query: self.query.as_deref(),
+            headers: &self.headers,
+        }
+    }
+
+    /// `(vhost name, route name)`, or `None` when nothing matched.
+    pub fn route<'a>(&self, c: &'a Compiled) -> Option<(&'a str, &'a Route)> {
+        match c.table.find(&self.view()) {
+            Lookup::Route(vh, r) => Some((&vh.name, r)),
+            _ => None,
+        }
+    }
+}
+
+/// The cluster names of a route's destinations with their weights.
+pub(super) fn targets(c: &Compiled, route: &Route) -> Vec<(String, u32)> {
+    #[allow(irrefutable_let_patterns)]
+    let super::Action::Forward(f) = &route.action
+    else {
+        return Vec::new();
+    };
+    f.destinations
+        .iter()
+        .map(|d| {
+            let name = match &d.cluster {
+                ClusterRef::Known(id) => c.clusters[id.0 as usize].name.to_string(),
+                ClusterRef::Missing { name, .. } => format!("missing:{name}"),
+            };
+            (name, d.weight)
+        })
+        .collect()
+}
