@@ -84,13 +84,7 @@ impl ResponseFlags {
         let mut names = ORDER.iter().filter(|(f, _)| self.contains(*f)).map(|(_, n)| *n);
         match (names.next(), names.next()) {
             (Some(one), None) => one.into(),
-            _ => ORDER
-                .iter()
-                .filter(|(f, _)| self.contains(*f))
-                .map(|(_, n)| *n)
-                .collect::<Vec<_>>()
-                .join(",")
-                .into(),
+            _ => ORDER.iter().filter(|(f, _)| self.contains(*f)).map(|(_, n)| *n).collect::<Vec<_>>().join(",").into(),
         }
     }
 }

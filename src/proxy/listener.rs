@@ -22,7 +22,12 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// accepting, tells every open connection to finish its current request
 /// and close (HTTP/1.1: no more keep-alive; HTTP/2: GOAWAY), and returns
 /// once all have closed or `drain_timeout` has passed.
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>, drain_timeout: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    proxy: Arc<Proxy>,
+    mut shutdown: watch::Receiver<bool>,
+    drain_timeout: Duration,
+) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);

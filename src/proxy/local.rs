@@ -37,12 +37,17 @@ impl LocalReply {
 
     /// 503 `UH`: the cluster has no healthy endpoint.
     pub fn no_healthy_upstream() -> Self {
-        LocalReply { status: StatusCode::SERVICE_UNAVAILABLE, flags: ResponseFlags::UH, body: "no healthy upstream".into() }
+        LocalReply {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            flags: ResponseFlags::UH,
+            body: "no healthy upstream".into(),
+        }
     }
 
     /// An upstream failure before response headers: 503 (502 for `UPE`).
     pub fn upstream_reset(flags: ResponseFlags, reason: &str) -> Self {
-        let status = if flags.contains(ResponseFlags::UPE) { StatusCode::BAD_GATEWAY } else { StatusCode::SERVICE_UNAVAILABLE };
+        let status =
+            if flags.contains(ResponseFlags::UPE) { StatusCode::BAD_GATEWAY } else { StatusCode::SERVICE_UNAVAILABLE };
         LocalReply { status, flags, body: format!("{RESET_PREFIX}{reason}").into() }
     }
 

@@ -20,6 +20,7 @@ mod forward;
 pub mod headers;
 pub mod listener;
 mod local;
+mod path;
 pub mod service;
 
 pub use flags::ResponseFlags;

@@ -15,7 +15,7 @@ use super::body::{BodyBytes, Completion, ProxyBody, RequestBytes};
 use super::flags::ResponseFlags;
 use super::headers;
 use super::local::LocalReply;
-use super::{forward, Proxy};
+use super::{forward, path, Proxy};
 use crate::metrics::DestinationLabels;
 use crate::routing::{Action, ClusterRef, Lookup, RequestView};
 use crate::snapshot::Snapshot;
@@ -30,13 +30,17 @@ pub struct Downstream {
 }
 
 /// Handles one request; never fails (errors become local replies).
-pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
+    normalize_path(&mut req);
     let snapshot = proxy.snapshot.load_full();
     let head_bytes = request_head_bytes(&req);
     let decision = match route(&snapshot, &downstream, &req) {
         Ok(decision) => decision,
-        Err((reply, destination)) => return reply.into_response(&proxy.metrics, &destination, start, head_bytes),
+        Err(refusal) => {
+            let (reply, destination) = *refusal;
+            return reply.into_response(&proxy.metrics, &destination, start, head_bytes);
+        }
     };
     let Some(cluster) = snapshot.clusters.get(decision) else {
         let destination = DestinationLabels::for_service("unknown", "unknown", "unknown");
@@ -83,10 +87,10 @@ fn route(
     snapshot: &Snapshot,
     downstream: &Downstream,
     req: &Request<Incoming>,
-) -> Result<usize, (LocalReply, DestinationLabels)> {
+) -> Result<usize, Box<(LocalReply, DestinationLabels)>> {
     let Some(authority) = authority(req) else {
         let unknown = DestinationLabels::for_service("unknown", "unknown", "unknown");
-        return Err((LocalReply::bad_request("missing host header"), unknown));
+        return Err(Box::new((LocalReply::bad_request("missing host header"), unknown)));
     };
     let view = RequestView {
         method: req.method(),
@@ -99,7 +103,7 @@ fn route(
     };
     let not_found = || {
         let host = host_only(authority);
-        (LocalReply::no_route(), DestinationLabels::for_service(host, host, "unknown"))
+        Box::new((LocalReply::no_route(), DestinationLabels::for_service(host, host, "unknown")))
     };
     let forward = match snapshot.table.find(&view) {
         Lookup::NoVirtualHost | Lookup::NoRoute(_) => return Err(not_found()),
@@ -111,7 +115,7 @@ fn route(
         Some(ClusterRef::Known(id)) => Ok(id.0 as usize),
         Some(ClusterRef::Missing { service, .. }) => {
             let labels = DestinationLabels::for_service(&service.host, &service.name, &service.namespace);
-            Err((LocalReply::no_cluster(), labels))
+            Err(Box::new((LocalReply::no_cluster(), labels)))
         }
         None => Err(not_found()),
     }
@@ -143,6 +147,21 @@ fn prepare(req: Request<Incoming>, downstream: &Downstream, head_bytes: u64) -> 
         (RequestBody::Counted(body, count.clone()), BodyBytes::Counted(count))
     };
     (Request::from_parts(parts, body), RequestBytes { head: head_bytes, body: counted })
+}
+
+/// Replaces the path with its normalised form when it has dot segments, so
+/// routing and the upstream see the same, canonical path.
+fn normalize_path<B>(req: &mut Request<B>) {
+    let Some(normal) = path::normalize(req.uri().path()) else { return };
+    let target = match req.uri().query() {
+        Some(query) => format!("{normal}?{query}"),
+        None => normal,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = PathAndQuery::try_from(target).ok();
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
 }
 
 /// The request's authority: `:authority` (HTTP/2, absolute-form) or `Host`.
