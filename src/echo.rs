@@ -38,12 +38,18 @@ pub async fn serve(listener: TcpListener, name: &str) {
     }
 }
 
-async fn answer(name: Arc<str>, header: HeaderValue, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    name: Arc<str>,
+    header: HeaderValue,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let mut status = StatusCode::OK;
     if let Some(query) = req.uri().query() {
         for (key, value) in query.split('&').filter_map(|kv| kv.split_once('=')) {
             match (key, value.parse::<u64>()) {
-                ("status", Ok(code)) => status = u16::try_from(code).ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(status),
+                ("status", Ok(code)) => {
+                    status = u16::try_from(code).ok().and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(status)
+                }
                 ("delay_ms", Ok(ms)) => tokio::time::sleep(Duration::from_millis(ms)).await,
                 _ => {}
             }

@@ -159,10 +159,7 @@ mod tests {
     #[test]
     fn kube_aliases() {
         let fqdn = "reviews.default.svc.cluster.local";
-        assert_eq!(
-            aliases(fqdn, "default"),
-            vec![fqdn, "reviews.default.svc", "reviews.default", "reviews"]
-        );
+        assert_eq!(aliases(fqdn, "default"), vec![fqdn, "reviews.default.svc", "reviews.default", "reviews"]);
         assert_eq!(aliases(fqdn, "other").len(), 3);
         assert_eq!(aliases("www.example.com", "default"), vec!["www.example.com"]);
     }

@@ -195,7 +195,12 @@ struct Envelope<'a> {
 
 /// Deserializes `spec` with its field path on error and a warning for each
 /// field meshd does not know (Istio would refuse those; meshd ignores them).
-fn push<T: DeserializeOwned>(out: &mut Vec<Resource<T>>, envelope: Envelope<'_>, spec: Value, problems: &mut Vec<Problem>) {
+fn push<T: DeserializeOwned>(
+    out: &mut Vec<Resource<T>>,
+    envelope: Envelope<'_>,
+    spec: Value,
+    problems: &mut Vec<Problem>,
+) {
     let Envelope { kind, api_version, meta, origin, id } = envelope;
     let mut unknown = Vec::new();
     let parsed: Result<T, _> = {
@@ -228,11 +233,8 @@ fn read_meta(object: &Value, default_namespace: &str) -> Result<Meta, String> {
     if name.is_empty() {
         return Err("metadata.name is required".into());
     }
-    let namespace = metadata
-        .get("namespace")
-        .and_then(Value::as_str)
-        .filter(|ns| !ns.is_empty())
-        .unwrap_or(default_namespace);
+    let namespace =
+        metadata.get("namespace").and_then(Value::as_str).filter(|ns| !ns.is_empty()).unwrap_or(default_namespace);
     let labels = metadata
         .get("labels")
         .and_then(Value::as_object)

@@ -32,11 +32,21 @@ pub struct Problem {
 // === impl Problem ===
 
 impl Problem {
-    pub fn error(file: Option<Arc<Path>>, resource: Option<ResourceId>, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn error(
+        file: Option<Arc<Path>>,
+        resource: Option<ResourceId>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Problem { severity: Severity::Error, file, resource, field: field.into(), message: message.into() }
     }
 
-    pub fn warning(file: Option<Arc<Path>>, resource: Option<ResourceId>, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn warning(
+        file: Option<Arc<Path>>,
+        resource: Option<ResourceId>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Problem { severity: Severity::Warning, file, resource, field: field.into(), message: message.into() }
     }
 

@@ -21,10 +21,8 @@ pub struct YamlError {
 pub fn parse_documents(text: &str) -> Result<Vec<Value>, YamlError> {
     let mut out = Vec::new();
     for document in serde_yaml::Deserializer::from_str(text) {
-        let value: Value = serde::Deserialize::deserialize(document).map_err(|e| YamlError {
-            line: e.location().map(|l| l.line()),
-            message: e.to_string(),
-        })?;
+        let value: Value = serde::Deserialize::deserialize(document)
+            .map_err(|e| YamlError { line: e.location().map(|l| l.line()), message: e.to_string() })?;
         if !value.is_null() {
             out.push(value);
         }

@@ -87,7 +87,11 @@ impl SourceLabels {
             workload: var("ISTIO_META_WORKLOAD_NAME").unwrap_or_else(|| UNKNOWN.into()),
             canonical_service: var("MESHD_CANONICAL_SERVICE").unwrap_or_else(|| app.clone()),
             canonical_revision: var("MESHD_CANONICAL_REVISION").unwrap_or_else(|| {
-                if version == UNKNOWN { "latest".into() } else { version.clone() }
+                if version == UNKNOWN {
+                    "latest".into()
+                } else {
+                    version.clone()
+                }
             }),
             namespace: namespace.to_owned(),
             cluster: var("ISTIO_META_CLUSTER_ID").unwrap_or_else(|| UNKNOWN.into()),
@@ -126,12 +130,10 @@ impl DestinationLabels {
         if let Some(version) = get("version") {
             self.version = version;
         }
-        self.canonical_service = get("service.istio.io/canonical-name")
-            .or_else(|| get("app"))
-            .unwrap_or_else(|| UNKNOWN.into());
-        self.canonical_revision = get("service.istio.io/canonical-revision")
-            .or_else(|| get("version"))
-            .unwrap_or_else(|| "latest".into());
+        self.canonical_service =
+            get("service.istio.io/canonical-name").or_else(|| get("app")).unwrap_or_else(|| UNKNOWN.into());
+        self.canonical_revision =
+            get("service.istio.io/canonical-revision").or_else(|| get("version")).unwrap_or_else(|| "latest".into());
         if let Some(workload) = get("workload") {
             self.workload = workload;
             self.workload_namespace = self.service_namespace.clone();

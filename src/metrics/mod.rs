@@ -10,7 +10,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
 
 mod labels;
 
@@ -19,8 +22,8 @@ pub use labels::{DestinationLabels, SourceLabels};
 /// Envoy's default histogram buckets, used by Istio for all three request
 /// histograms (milliseconds or bytes).
 pub const BUCKETS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0,
-    300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
 ];
 
 /// Statuses whose handles are cached per destination (with no response
@@ -206,7 +209,8 @@ mod tests {
         let metrics = Metrics::new(SourceLabels::unknown()).unwrap();
         let dest = Arc::new(DestinationLabels::for_service("r.default.svc.cluster.local", "r", "default"));
         let cache = metrics.cache(dest.clone());
-        let rec = |status, flags| RequestRecord { status, flags, duration_ms: 1.0, request_bytes: 10, response_bytes: 20 };
+        let rec =
+            |status, flags| RequestRecord { status, flags, duration_ms: 1.0, request_bytes: 10, response_bytes: 20 };
         cache.record(&metrics, &rec(200, "-"));
         cache.record(&metrics, &rec(200, "-"));
         metrics.record(&dest, &rec(200, "-"));
@@ -214,7 +218,11 @@ mod tests {
         let text = metrics.encode();
         let line = |code: &str, flags: &str| {
             text.lines()
-                .find(|l| l.starts_with("istio_requests_total{") && l.contains(&format!("response_code=\"{code}\"")) && l.contains(&format!("response_flags=\"{flags}\"")))
+                .find(|l| {
+                    l.starts_with("istio_requests_total{")
+                        && l.contains(&format!("response_code=\"{code}\""))
+                        && l.contains(&format!("response_flags=\"{flags}\""))
+                })
                 .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
         };
         assert_eq!(line("200", "-").as_deref(), Some("3"));

@@ -92,10 +92,12 @@ impl RunningServer {
             let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: *addr, source })?;
             listeners_bound.push(listener);
         }
-        let admin_listener =
-            TcpListener::bind(options.admin).await.map_err(|source| StartError::Bind { addr: options.admin, source })?;
+        let admin_listener = TcpListener::bind(options.admin)
+            .await
+            .map_err(|source| StartError::Bind { addr: options.admin, source })?;
         let listen_addrs = listeners_bound.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>();
-        let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind { addr: options.admin, source })?;
+        let admin_addr =
+            admin_listener.local_addr().map_err(|source| StartError::Bind { addr: options.admin, source })?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
         let admin = Arc::new(AdminState {
@@ -124,7 +126,16 @@ impl RunningServer {
             admin.ready.store(true, Ordering::Release);
         }
         info!(listen = ?listen_addrs, admin = %admin_addr, "meshd listening");
-        Ok(RunningServer { listen_addrs, admin_addr, admin, reload, shutdown, listeners, background, _watcher: watcher })
+        Ok(RunningServer {
+            listen_addrs,
+            admin_addr,
+            admin,
+            reload,
+            shutdown,
+            listeners,
+            background,
+            _watcher: watcher,
+        })
     }
 
     /// Asks for a reload (as SIGHUP does).
@@ -148,7 +159,12 @@ impl RunningServer {
 }
 
 /// Runs reloads one at a time as requests arrive, debounced.
-async fn reload_task(mut reloader: Reloader, requests: Arc<Notify>, admin: Arc<AdminState>, mut shutdown: watch::Receiver<bool>) {
+async fn reload_task(
+    mut reloader: Reloader,
+    requests: Arc<Notify>,
+    admin: Arc<AdminState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,

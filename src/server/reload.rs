@@ -77,15 +77,16 @@ impl Reloader {
         Upstreams::warm(&clusters, WARM_TIMEOUT).await;
         let version = self.snapshot.load().version + 1;
         let summary = (config.virtual_services.len(), config.destination_rules.len(), config.service_entries.len());
-        self.snapshot.store(Arc::new(Snapshot {
-            version,
-            table: compiled.table,
-            clusters,
-            config: Arc::new(config),
-        }));
+        self.snapshot.store(Arc::new(Snapshot { version, table: compiled.table, clusters, config: Arc::new(config) }));
         self.metrics.config_reloads.with_label_values(&["applied"]).inc();
         self.metrics.config_version.set(version as i64);
-        info!(version, virtual_services = summary.0, destination_rules = summary.1, service_entries = summary.2, "configuration applied");
+        info!(
+            version,
+            virtual_services = summary.0,
+            destination_rules = summary.1,
+            service_entries = summary.2,
+            "configuration applied"
+        );
         Outcome::Applied { version }
     }
 

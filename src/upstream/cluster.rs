@@ -131,7 +131,12 @@ impl Drop for Cluster {
 impl ClusterState {
     /// Builds the endpoint set of `spec` plus `resolved`, reusing endpoints
     /// of `previous` that are unchanged.
-    fn build(spec: ClusterSpec, resolved: Vec<EndpointSpec>, previous: Option<&EndpointSet>, metrics: &Arc<Metrics>) -> Self {
+    fn build(
+        spec: ClusterSpec,
+        resolved: Vec<EndpointSpec>,
+        previous: Option<&EndpointSet>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
         let endpoints = spec
             .endpoints
             .iter()
@@ -140,7 +145,9 @@ impl ClusterState {
                 previous
                     .and_then(|p| p.endpoints.iter().find(|old| old.same_as(e.addr, e.weight, &e.labels)))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(e.addr, e.weight, e.labels.clone(), &spec.service, metrics)))
+                    .unwrap_or_else(|| {
+                        Arc::new(Endpoint::new(e.addr, e.weight, e.labels.clone(), &spec.service, metrics))
+                    })
             })
             .collect();
         ClusterState { endpoints: EndpointSet::new(endpoints), spec, resolved }

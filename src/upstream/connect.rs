@@ -26,14 +26,10 @@ pub enum ConnectError {
 /// when the connection closes; the returned handle sees that as
 /// `is_closed()`.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<RequestBody>, ConnectError> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| ConnectError::Timeout(timeout))??;
+    let stream =
+        tokio::time::timeout(timeout, TcpStream::connect(addr)).await.map_err(|_| ConnectError::Timeout(timeout))??;
     stream.set_nodelay(true)?;
-    let (send, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(ConnectError::Handshake)?;
+    let (send, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
     tokio::spawn(async move {
         if let Err(error) = conn.await {
             debug!(%addr, %error, "upstream connection ended");

@@ -46,9 +46,16 @@ pub struct EndpointSet {
 // === impl Endpoint ===
 
 impl Endpoint {
-    pub fn new(addr: SocketAddr, weight: u32, labels: Arc<Labels>, service: &ServiceMeta, metrics: &Arc<Metrics>) -> Self {
-        let destination = crate::metrics::DestinationLabels::for_service(&service.host, &service.name, &service.namespace)
-            .with_endpoint(&labels);
+    pub fn new(
+        addr: SocketAddr,
+        weight: u32,
+        labels: Arc<Labels>,
+        service: &ServiceMeta,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        let destination =
+            crate::metrics::DestinationLabels::for_service(&service.host, &service.name, &service.namespace)
+                .with_endpoint(&labels);
         Endpoint {
             addr,
             weight: weight.max(1),

@@ -94,13 +94,9 @@ impl Duration {
         let mut rest = s;
         let mut total: u128 = 0;
         while !rest.is_empty() {
-            let num_len = rest
-                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .ok_or_else(err)?;
+            let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(err)?;
             let (num, tail) = rest.split_at(num_len);
-            let unit_len = tail
-                .find(|c: char| c.is_ascii_digit() || c == '.')
-                .unwrap_or(tail.len());
+            let unit_len = tail.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(tail.len());
             let (unit, next) = tail.split_at(unit_len);
             let scale: u128 = match unit {
                 "ns" => 1,
@@ -111,9 +107,7 @@ impl Duration {
                 "h" => 3_600_000_000_000,
                 _ => return Err(err()),
             };
-            total = total
-                .checked_add(scale_decimal(num, scale).ok_or_else(err)?)
-                .ok_or_else(err)?;
+            total = total.checked_add(scale_decimal(num, scale).ok_or_else(err)?).ok_or_else(err)?;
             rest = next;
         }
         Ok(Duration { nanos: total })

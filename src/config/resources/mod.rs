@@ -111,11 +111,7 @@ impl fmt::Display for Kind {
 
 impl<T> Resource<T> {
     pub fn id(&self) -> ResourceId {
-        ResourceId {
-            kind: self.kind,
-            namespace: self.meta.namespace.clone(),
-            name: self.meta.name.clone(),
-        }
+        ResourceId { kind: self.kind, namespace: self.meta.namespace.clone(), name: self.meta.name.clone() }
     }
 }
 

@@ -374,4 +374,3 @@ impl HttpRoute {
         checks.into_iter().filter(|(_, set)| *set).map(|(name, _)| name)
     }
 }
-
