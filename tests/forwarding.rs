@@ -170,17 +170,7 @@ async fn request_body_is_streamed_to_the_upstream() {
 /// intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn response_body_is_streamed_to_the_client() {
-    let (senders_tx, mut senders) = tokio::sync::mpsc::unbounded_channel();
-    let up = upstream(move |_req: Request<Incoming>| {
-        let senders_tx = senders_tx.clone();
-        async move {
-            let (tx, body) = channel_body();
-            tx.send(Bytes::from_static(b"first")).await.expect("first chunk");
-            let _ = senders_tx.send(tx);
-            Response::new(body)
-        }
-    })
-    .await;
+    let (up, mut senders) = held_response_upstream().await;
     let mesh = Mesh::with(&simple_service("source", "source.example.com", up.addr)).await;
 
     let req = get("source.example.com", "/download").build(mesh.addr, empty());
@@ -421,17 +411,7 @@ async fn upstream_protocol_error_is_502_upe() {
 /// connection is not pooled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_disconnect_mid_response_is_recorded_as_dc() {
-    let (senders_tx, mut senders) = tokio::sync::mpsc::unbounded_channel();
-    let up = upstream(move |_req: Request<Incoming>| {
-        let senders_tx = senders_tx.clone();
-        async move {
-            let (tx, body) = channel_body();
-            tx.send(Bytes::from_static(b"first")).await.expect("first chunk");
-            let _ = senders_tx.send(tx);
-            Response::new(body)
-        }
-    })
-    .await;
+    let (up, mut senders) = held_response_upstream().await;
     let mesh = Mesh::with(&simple_service("stream", "stream.example.com", up.addr)).await;
 
     let mut stream = tokio::net::TcpStream::connect(mesh.addr).await.expect("connect");
@@ -500,4 +480,22 @@ async fn expect_100_continue_is_answered_by_the_proxy() {
     let seen = seen.lock().unwrap();
     assert_eq!(&seen[0].body[..], b"hello");
     assert!(seen[0].headers.get("expect").is_none(), "{:?}", seen[0].headers);
+}
+
+/// An upstream whose responses send `first` and then wait; the test gets
+/// each response's body sender to finish (or drop) it.
+async fn held_response_upstream() -> (Upstream, tokio::sync::mpsc::UnboundedReceiver<tokio::sync::mpsc::Sender<Bytes>>)
+{
+    let (senders_tx, senders) = tokio::sync::mpsc::unbounded_channel();
+    let up = upstream(move |_req: Request<Incoming>| {
+        let senders_tx = senders_tx.clone();
+        async move {
+            let (tx, body) = channel_body();
+            tx.send(Bytes::from_static(b"first")).await.expect("first chunk");
+            let _ = senders_tx.send(tx);
+            Response::new(body)
+        }
+    })
+    .await;
+    (up, senders)
 }

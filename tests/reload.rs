@@ -18,6 +18,19 @@ fn files(v1: std::net::SocketAddr, v2: std::net::SocketAddr, subset: &str) -> [(
     [("services.yaml", reviews_service(v1, v2)), ("routes.yaml", reviews_all_to(subset))]
 }
 
+/// A ready proxy whose config directory holds [`files`] routing reviews to
+/// v1.
+async fn reviews_mesh() -> Mesh {
+    let (v1, v2) = reviews_upstreams().await;
+    let config = ConfigDir::new();
+    for (name, yaml) in files(v1, v2, "v1") {
+        config.write(name, &yaml);
+    }
+    let mesh = Mesh::start(config).await;
+    mesh.wait_ready().await;
+    mesh
+}
+
 /// Asserts the shots of a reload from v1 to v2 that was seen applied at
 /// `applied`: no failure; v1 before; only v2 for requests started after.
 fn assert_switched(shots: &[Shot], applied: Instant) {
@@ -41,13 +54,7 @@ fn assert_switched(shots: &[Shot], applied: Instant) {
 /// `meshd_config_reloads_total{result="applied"}` counts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_by_file_write_under_load_has_zero_failures() {
-    let (v1, v2) = reviews_upstreams().await;
-    let config = ConfigDir::new();
-    for (name, yaml) in files(v1, v2, "v1") {
-        config.write(name, &yaml);
-    }
-    let mesh = Mesh::start(config).await;
-    mesh.wait_ready().await;
+    let mesh = reviews_mesh().await;
     let load = Load::start(mesh.addr, get("reviews", "/reload"), 4);
     load.wait_more(200).await;
 
@@ -103,13 +110,7 @@ async fn reload_by_configmap_data_symlink_flip_under_load_has_zero_failures() {
 /// then a valid file applies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_reload_keeps_serving_the_previous_configuration() {
-    let (v1, v2) = reviews_upstreams().await;
-    let config = ConfigDir::new();
-    for (name, yaml) in files(v1, v2, "v1") {
-        config.write(name, &yaml);
-    }
-    let mesh = Mesh::start(config).await;
-    mesh.wait_ready().await;
+    let mesh = reviews_mesh().await;
     let load = Load::start(mesh.addr, get("reviews", "/refused"), 4);
     load.wait_more(100).await;
 

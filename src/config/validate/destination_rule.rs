@@ -141,14 +141,6 @@ impl Blocks<'_> {
 mod tests {
     use super::super::testing::*;
 
-    fn dr(spec: &str) -> Vec<crate::config::Problem> {
-        of("DestinationRule", &format!("host: reviews\n{spec}"))
-    }
-
-    fn policy(p: &str) -> Vec<crate::config::Problem> {
-        dr(&format!("trafficPolicy: {p}"))
-    }
-
     // Item 29.
     #[test]
     fn host_is_a_domain() {

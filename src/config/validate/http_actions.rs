@@ -159,13 +159,6 @@ fn direct_response(r: &mut Report<'_>, response: &HttpDirectResponse) {
 mod tests {
     use super::super::testing::*;
 
-    fn rule(body: &str) -> Vec<crate::config::Problem> {
-        let body: String = body.lines().map(|l| format!("  {l}\n")).collect();
-        of("VirtualService", &format!("hosts: [a]\nhttp:\n-{}", &body[1..]))
-    }
-
-    const ROUTE: &str = "route:\n- destination: {host: a}";
-
     // Item 18.
     #[test]
     fn mirror_percentages() {

@@ -167,13 +167,6 @@ pub(super) fn destination(r: &mut Report<'_>, dest: &Destination) {
 mod tests {
     use super::super::testing::*;
 
-    fn rule(body: &str) -> Vec<crate::config::Problem> {
-        let body: String = body.lines().map(|l| format!("  {l}\n")).collect();
-        of("VirtualService", &format!("hosts: [a]\nhttp:\n-{}", &body[1..]))
-    }
-
-    const ROUTE: &str = "route:\n- destination: {host: a}";
-
     // Item 5.
     #[test]
     fn a_rule_needs_an_action() {

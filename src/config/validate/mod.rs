@@ -178,6 +178,26 @@ pub(super) mod testing {
         super::resources(&load(&object(kind, "r", spec)))
     }
 
+    /// Checks of a VirtualService whose only `http` rule is `body` (YAML,
+    /// written without indentation).
+    pub fn rule(body: &str) -> Vec<Problem> {
+        let body: String = body.lines().map(|l| format!("  {l}\n")).collect();
+        of("VirtualService", &format!("hosts: [a]\nhttp:\n-{}", &body[1..]))
+    }
+
+    /// A minimal forwarding action for [`rule`] bodies.
+    pub const ROUTE: &str = "route:\n- destination: {host: a}";
+
+    /// Checks of a DestinationRule for `reviews` with the rest of `spec`.
+    pub fn dr(spec: &str) -> Vec<Problem> {
+        of("DestinationRule", &format!("host: reviews\n{spec}"))
+    }
+
+    /// Checks of a DestinationRule whose `trafficPolicy` is `p`.
+    pub fn policy(p: &str) -> Vec<Problem> {
+        dr(&format!("trafficPolicy: {p}"))
+    }
+
     /// Asserts a problem of `severity` at exactly `field`.
     pub fn assert_at(problems: &[Problem], severity: Severity, field: &str) {
         assert!(

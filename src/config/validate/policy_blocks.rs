@@ -154,14 +154,6 @@ pub(super) fn client_tls(r: &mut Report<'_>, namespace: &str, tls: &ClientTlsSet
 mod tests {
     use super::super::testing::*;
 
-    fn dr(spec: &str) -> Vec<crate::config::Problem> {
-        of("DestinationRule", &format!("host: reviews\n{spec}"))
-    }
-
-    fn policy(p: &str) -> Vec<crate::config::Problem> {
-        dr(&format!("trafficPolicy: {p}"))
-    }
-
     // Item 32.
     #[test]
     fn outlier_detection() {
