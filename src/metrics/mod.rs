@@ -60,7 +60,7 @@ pub struct RequestMetrics {
     response_bytes: Histogram,
 }
 
-/// Per-destination cache of [`RequestMetrics`] for [`COMMON_STATUSES`].
+/// Per-destination cache of [`RequestMetrics`] for the common statuses (`COMMON_STATUSES`).
 pub struct RequestMetricsCache {
     labels: Arc<DestinationLabels>,
     common: [OnceLock<RequestMetrics>; COMMON_STATUSES.len()],

@@ -7,7 +7,7 @@
 //!   ─▶ response streamed back through body::ProxyBody
 //!   ─▶ at its end: connection back to the pool, metrics recorded
 //! ```
-//! Failures before response headers become [`local`] replies with Envoy's
+//! Failures before response headers become local replies (`local`) with Envoy's
 //! status, body and response flag.
 
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The compiled, immutable routing table.
 //!
-//! [`compile`] turns a validated [`Config`] into a [`Compiled`]: a
+//! [`compile`] turns a validated [`Config`](crate::config::Config) into a [`Compiled`]: a
 //! [`RouteTable`] (virtual hosts indexed by domain, each with its ordered
 //! routes) and one [`ClusterSpec`] per Envoy-style cluster
 //! `outbound|PORT|SUBSET|HOST`. Routes name clusters by [`ClusterId`], an
