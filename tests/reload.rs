@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use http::StatusCode;
+use http::{Response, StatusCode};
 
 /// The reviews service in `services.yaml` and its routes (everything to
 /// `subset`) in `routes.yaml`.
@@ -281,4 +281,34 @@ async fn endpoint_change_takes_effect_on_the_next_request() {
     mesh.wait_reloads("applied", 2.0).await;
     let counts = mesh.tally(&get("reviews", "/"), 50, 2).await;
     assert_eq!(counts.into_iter().collect::<Vec<_>>(), vec![((200, "reviews-v1-moved".to_owned()), 50)]);
+}
+
+/// Scenario: a reload that changes another service leaves an unchanged
+/// cluster alone: its pooled upstream connection is reused after the swap
+/// (the upstream accepts exactly one connection for all requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_cluster_keeps_its_connections_across_a_swap() {
+    let up = upstream(|_req| async { Response::new(full("ok")) }).await;
+    let other = echo("other").await;
+    let config = ConfigDir::new();
+    config.write("kept.yaml", &simple_service("kept", "kept.example.com", up.addr));
+    config.write("other.yaml", &simple_service("other", "other.example.com", other));
+    let mesh = Mesh::start(config).await;
+    mesh.wait_ready().await;
+    for _ in 0..5 {
+        assert_eq!(mesh.get("kept.example.com", "/before").await.status, StatusCode::OK);
+    }
+
+    let moved = echo("moved").await;
+    mesh.config.write("other.yaml", &simple_service("other", "other.example.com", moved));
+    mesh.wait_reloads("applied", 2.0).await;
+    assert_eq!(mesh.get("other.example.com", "/").await.echo_name().as_deref(), Some("moved"));
+    for _ in 0..5 {
+        assert_eq!(mesh.get("kept.example.com", "/after").await.status, StatusCode::OK);
+    }
+    assert_eq!(
+        up.connections.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the kept cluster must reuse its connection"
+    );
 }
