@@ -1,6 +1,7 @@
 //! Header rules of the request path: hop-by-hop removal (RFC 9110 §7.6.1),
 //! the forwarding headers, and wire-size estimates for metrics.
 
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -57,22 +58,47 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
 /// client address to `x-forwarded-for`, sets `x-forwarded-proto`, keeps or
 /// generates `x-request-id`, and sets `x-envoy-attempt-count: 1`.
 pub fn set_forwarding(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str) {
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(existing) => HeaderValue::try_from(format!("{existing}, {client}")),
-        None => HeaderValue::try_from(client.to_string()),
+    let mut buf = [0u8; 128];
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(existing) => {
+            let mut value = Vec::with_capacity(existing.len() + 48);
+            value.extend_from_slice(existing.as_bytes());
+            value.extend_from_slice(b", ");
+            let _ = write!(value, "{client}");
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
+        }
+        None => {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "{client}");
+            let len = cursor.position() as usize;
+            HeaderValue::from_bytes(&buf[..len])
+        }
     };
     if let Ok(xff) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme));
     if !headers.contains_key(&X_REQUEST_ID) {
+        // A version-4 UUID from the thread-local fast generator: request
+        // ids need uniqueness, not unpredictability.
         let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+        let random = fastrand::u128(..).to_le_bytes();
+        let id = uuid::Builder::from_random_bytes(random).into_uuid().hyphenated().encode_lower(&mut buf);
         if let Ok(value) = HeaderValue::from_str(id) {
             headers.insert(X_REQUEST_ID.clone(), value);
         }
     }
     headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
+}
+
+/// `x-envoy-upstream-service-time` for `ms`: a static value for the common
+/// small numbers, so the usual response needs no allocation for it.
+pub fn service_time(ms: u64) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match SMALL.get(ms as usize) {
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(ms),
+    }
 }
 
 /// Bytes a header block takes on the wire in HTTP/1.1 (`name: value\r\n`
@@ -110,6 +136,17 @@ mod tests {
         assert_eq!(h.get(&X_REQUEST_ID).unwrap(), "abc");
         let mut h = HeaderMap::new();
         set_forwarding(&mut h, "127.0.0.1".parse().unwrap(), "http");
-        assert_eq!(h.get(&X_REQUEST_ID).unwrap().len(), 36);
+        let id = h.get(&X_REQUEST_ID).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(id.len(), 36);
+        assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4, "{id}");
+        set_forwarding(&mut h, "::1".parse().unwrap(), "http");
+        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "127.0.0.1, ::1");
+    }
+
+    #[test]
+    fn service_time_values() {
+        assert_eq!(service_time(0), "0");
+        assert_eq!(service_time(9), "9");
+        assert_eq!(service_time(1234), "1234");
     }
 }

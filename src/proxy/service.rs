@@ -33,7 +33,9 @@ pub struct Downstream {
 pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
     normalize_path(&mut req);
-    let snapshot = proxy.snapshot.load_full();
+    // A guard, not an `Arc`: no reference count is touched, and it is
+    // dropped before the first await.
+    let snapshot = proxy.snapshot.load();
     let head_bytes = request_head_bytes(&req);
     let decision = match route(&snapshot, &downstream, &req) {
         Ok(decision) => decision,
@@ -60,7 +62,7 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
             let (mut parts, inner) = response.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers, false);
             let service_ms = start.elapsed().as_millis() as u64;
-            parts.headers.insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), HeaderValue::from(service_ms));
+            parts.headers.insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::service_time(service_ms));
             let done = Completion {
                 status: parts.status.as_u16(),
                 response_bytes: headers::block_bytes(&parts.headers) + 17,
