@@ -1,0 +1,562 @@
+#!/usr/bin/env bash
+# benches/wrk.sh: HTTP/1.1 proxy benchmark on loopback.
+#
+# wrk sends keep-alive GETs through each proxy to two `meshd echo` upstreams
+# (round robin), and straight to one upstream as the baseline ("direct").
+# Proxies compared, configured alike: meshd, nginx, HAProxy, one worker each.
+# For every proxy it reports requests/s, p50 and p99 latency (wrk's own
+# histogram, read by a Lua done() hook) and the proxy process's CPU time per
+# request (utime+stime from /proc/PID/stat before and after the measured run,
+# divided by the requests wrk completed).
+#
+# The report (Markdown) goes to stdout, progress to stderr:
+#   benches/wrk.sh > bench-report.md
+#
+# Parameters (environment):
+#   DURATION=10s       measured wrk run, per proxy and repetition
+#   WARMUP=2s          unmeasured wrk run just before each measured one
+#   CONNECTIONS="64"   wrk connections; a list ("16 64 256") runs each
+#   THREADS=1          wrk threads
+#   REPEAT=3           repetitions; the table shows the median run by req/s
+#                      (the faster of the two middle ones when REPEAT is even)
+#   PROXIES="direct meshd nginx haproxy"   targets, in the order they alternate
+#   PIN=1              taskset pinning (0 disables; off by itself below 2 CPUs)
+#   PROXY_CPUS=0       CPUs of the proxy under test
+#   LOAD_CPUS=1        CPUs of wrk and the echo upstreams
+#   PORT_BASE=18101    ports PORT_BASE..PORT_BASE+30 on 127.0.0.1 must be free
+#   MESHD_BIN=path     meshd binary to use; when unset, the script runs
+#                      `cargo build --release` and uses target/release/meshd
+#   SYSCALLS=0         1: afterwards, one extra run per proxy under
+#                      `strace -c -f` and a syscalls-per-request summary
+#   SYSCALL_DURATION=3s  length of that run
+#
+# Exit status: 0 when every target answered 200 and wrk saw no errors, 2 when
+# a target was skipped or a run had errors (the table is printed anyway).
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/.." && pwd)
+export PATH="$PATH:/usr/sbin:/sbin"
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-1}
+REPEAT=${REPEAT:-3}
+PROXIES=${PROXIES:-direct meshd nginx haproxy}
+PIN=${PIN:-1}
+PROXY_CPUS=${PROXY_CPUS:-0}
+LOAD_CPUS=${LOAD_CPUS:-1}
+PORT_BASE=${PORT_BASE:-18101}
+SYSCALLS=${SYSCALLS:-0}
+SYSCALL_DURATION=${SYSCALL_DURATION:-3s}
+
+HOST_HEADER=echo.default.svc.cluster.local
+ECHO1_PORT=$PORT_BASE
+ECHO2_PORT=$((PORT_BASE + 1))
+MESHD_PORT=$((PORT_BASE + 10))
+MESHD_ADMIN_PORT=$((PORT_BASE + 11))
+NGINX_PORT=$((PORT_BASE + 20))
+HAPROXY_PORT=$((PORT_BASE + 30))
+
+log() { printf '[wrk.sh] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------- cleanup
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/meshd-wrk.XXXXXX")
+started_pids=()
+
+# shellcheck disable=SC2317  # called from the trap
+stop_pid() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for ((i = 0; i < 30; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# shellcheck disable=SC2317  # called from the trap
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${started_pids[@]}"; do
+        stop_pid "$pid"
+    done
+    rm -rf "$tmp"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- tools
+need_pkgs=()
+command -v wrk >/dev/null || need_pkgs+=(wrk)
+command -v nginx >/dev/null || need_pkgs+=(nginx)
+command -v haproxy >/dev/null || need_pkgs+=(haproxy)
+command -v curl >/dev/null || need_pkgs+=(curl)
+if [[ $SYSCALLS == 1 ]] && ! command -v strace >/dev/null; then need_pkgs+=(strace); fi
+if ((${#need_pkgs[@]})); then
+    sudo=()
+    if [[ $(id -u) != 0 ]]; then sudo=(sudo); fi
+    log "installing ${need_pkgs[*]}"
+    "${sudo[@]}" apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need_pkgs[@]}" >&2
+fi
+
+if [[ -n ${MESHD_BIN:-} ]]; then
+    meshd=$MESHD_BIN
+    meshd_source="binary $MESHD_BIN"
+else
+    log "cargo build --release"
+    (cd "$root" && cargo build --release >&2) || die "cargo build --release failed"
+    meshd=${CARGO_TARGET_DIR:-$root/target}/release/meshd
+    meshd_source="built from commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    if [[ -n $(git -C "$root" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+        meshd_source+=" with uncommitted changes"
+    fi
+fi
+[[ -x $meshd ]] || die "no meshd binary at $meshd"
+meshd_version=$("$meshd" --version 2>&1 || true)
+[[ $meshd_version == meshd* ]] || die "$meshd --version printed '$meshd_version', not 'meshd X.Y.Z'"
+
+pin_proxy=()
+pin_load=()
+if [[ $PIN == 1 ]] && (($(nproc) >= 2)); then
+    pin_proxy=(taskset -c "$PROXY_CPUS")
+    pin_load=(taskset -c "$LOAD_CPUS")
+else
+    PIN=0
+fi
+
+clk_tck=$(getconf CLK_TCK)
+
+# ---------------------------------------------------------------- helpers
+commands=()   # what was run, for the report
+quote() { # quote ARG...: the words as one shell-pasteable line
+    local a words=()
+    for a in "$@"; do
+        if [[ $a =~ ^[A-Za-z0-9_./:=@,+-]+$ ]]; then
+            words+=("$a")
+        elif [[ $a != *\'* ]]; then
+            words+=("'$a'")
+        else
+            words+=("$(printf '%q' "$a")")
+        fi
+    done
+    echo "${words[*]}"
+}
+
+# start NAME CMD...: starts CMD in the background, logs to $tmp/NAME.log.
+start() {
+    local name=$1
+    shift
+    commands+=("$(quote "$@")")
+    "$@" >"$tmp/$name.log" 2>&1 &
+    started_pids+=("$!")
+    last_pid=$!
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# wait_http NAME PID URL [CURL_OPTION...]: waits up to 15 s for URL to
+# answer (any status; give -f to wait for a 2xx).
+wait_http() {
+    local name=$1 pid=$2 url=$3 i
+    shift 3
+    for ((i = 0; i < 150; i++)); do
+        kill -0 "$pid" 2>/dev/null || { cat "$tmp/$name.log" >&2; die "$name exited"; }
+        if curl -s "$@" -o /dev/null --max-time 1 "$url"; then return 0; fi
+        sleep 0.1
+    done
+    cat "$tmp/$name.log" >&2
+    die "$name did not answer on $url"
+}
+
+# children PID: the PIDs whose parent is PID.
+children() {
+    local stat rest
+    local -a f
+    for stat in /proc/[0-9]*/stat; do
+        { read -r rest <"$stat"; } 2>/dev/null || continue
+        rest=${rest##*) }
+        read -r -a f <<<"$rest"
+        if [[ ${f[1]} == "$1" ]]; then
+            stat=${stat#/proc/}
+            echo "${stat%/stat}"
+        fi
+    done
+}
+
+# cpu_ticks PID...: "utime stime" (all threads) summed over the PIDs, in ticks.
+cpu_ticks() {
+    local user=0 sys=0 pid rest
+    local -a f
+    for pid in "$@"; do
+        rest=$(<"/proc/$pid/stat")
+        rest=${rest##*) }  # fields from 3 (state) on; utime is 14, stime 15
+        read -r -a f <<<"$rest"
+        user=$((user + f[11]))
+        sys=$((sys + f[12]))
+    done
+    echo "$user $sys"
+}
+
+# machine_ticks: busy ticks of the whole machine (user, nice, system, irq,
+# softirq: a process's stime also holds the softirq work done in its
+# context), then steal ticks.
+machine_ticks() {
+    local _cpu u n s irq sirq st
+    read -r _cpu u n s _ _ irq sirq st _ </proc/stat
+    echo "$((u + n + s + irq + sirq)) $st"
+}
+
+# children_ticks: sets $child_ticks to the user+system ticks of this shell's
+# finished children (wrk). Not to be called in $(...): a subshell's `times`
+# does not see its parent's children.
+children_ticks() {
+    times >"$tmp/times"
+    child_ticks=$(awk -v hz="$clk_tck" 'NR == 2 {
+        split($1, u, /[ms]/); split($2, s, /[ms]/)
+        printf "%.0f\n", ((u[1] + s[1]) * 60 + u[2] + s[2]) * hz }' "$tmp/times")
+}
+
+# ---------------------------------------------------------------- configs
+for port in "$ECHO1_PORT" "$ECHO2_PORT" "$MESHD_PORT" "$MESHD_ADMIN_PORT" "$NGINX_PORT" "$HAPROXY_PORT"; do
+    if port_in_use "$port"; then die "127.0.0.1:$port is in use (set PORT_BASE)"; fi
+done
+
+mkdir -p "$tmp/meshd-config" "$tmp/nginx" "$tmp/haproxy"
+
+cat >"$tmp/meshd-config/echo.yaml" <<EOF
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo}
+spec:
+  hosts: [$HOST_HEADER]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 127.0.0.1, ports: {http: $ECHO1_PORT}}
+  - {address: 127.0.0.1, ports: {http: $ECHO2_PORT}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: echo}
+spec:
+  host: $HOST_HEADER
+  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
+EOF
+
+# nginx: like meshd, routes by Host, adds x-forwarded-for/-proto and a request
+# id, keeps upstream connections alive and never closes a client connection
+# after N requests (nginx's default keepalive_requests is 1000).
+nginx_user=""
+if [[ $(id -u) == 0 ]]; then nginx_user="user root root;"; fi
+cat >"$tmp/nginx/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+$nginx_user
+pid $tmp/nginx/nginx.pid;
+error_log $tmp/nginx/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    upstream echo_up {
+        server 127.0.0.1:$ECHO1_PORT;
+        server 127.0.0.1:$ECHO2_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT default_server;
+        return 404;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        server_name $HOST_HEADER;
+        location / {
+            proxy_pass http://echo_up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host \$host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Request-ID \$request_id;
+        }
+    }
+}
+EOF
+
+# HAProxy: the same, in one thread, no logging, no health checks.
+cat >"$tmp/haproxy/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+frontend fe
+    bind 127.0.0.1:$HAPROXY_PORT
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Request-ID %[uuid()]
+    use_backend echo if { hdr(host) -i $HOST_HEADER }
+backend echo
+    balance roundrobin
+    server e1 127.0.0.1:$ECHO1_PORT
+    server e2 127.0.0.1:$ECHO2_PORT
+EOF
+
+cat >"$tmp/report.lua" <<'EOF'
+-- Prints one machine-readable line; latencies are in microseconds.
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRKRESULT %d %d %.0f %.0f %d %d\n",
+    summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.timeout, e.status))
+end
+EOF
+
+# Other work on the machine skews every number: measure it, warn if busy.
+read -r mach0 _ <<<"$(machine_ticks)"
+sleep 1
+read -r mach1 _ <<<"$(machine_ticks)"
+busy_before=$(awk -v t=$((mach1 - mach0)) -v hz="$clk_tck" 'BEGIN { printf "%.2f", t / hz }')
+if awk -v b="$busy_before" 'BEGIN { exit !(b > 0.1) }'; then
+    log "warning: other processes used $busy_before CPUs in the second before the run; results will be noisy"
+fi
+
+# ---------------------------------------------------------------- start
+log "starting upstreams and proxies in $tmp"
+start echo1 "${pin_load[@]}" "$meshd" echo --listen "127.0.0.1:$ECHO1_PORT" --name v1 --workers 1
+echo1_pid=$last_pid
+start echo2 "${pin_load[@]}" "$meshd" echo --listen "127.0.0.1:$ECHO2_PORT" --name v2 --workers 1
+echo2_pid=$last_pid
+wait_http echo1 "$echo1_pid" "http://127.0.0.1:$ECHO1_PORT/"
+wait_http echo2 "$echo2_pid" "http://127.0.0.1:$ECHO2_PORT/"
+
+declare -A url pids skipped
+url[direct]="http://127.0.0.1:$ECHO1_PORT/"
+pids[direct]=$echo1_pid   # "proxy" CPU of the direct row: the echo upstream's
+
+for proxy in $PROXIES; do
+    case $proxy in
+    direct) ;;
+    meshd)
+        start meshd "${pin_proxy[@]}" "$meshd" run --config "$tmp/meshd-config" \
+            --listen "127.0.0.1:$MESHD_PORT" --admin "127.0.0.1:$MESHD_ADMIN_PORT" --workers 1 --log warn
+        pids[meshd]=$last_pid
+        wait_http meshd "$last_pid" "http://127.0.0.1:$MESHD_ADMIN_PORT/ready" -f
+        url[meshd]="http://127.0.0.1:$MESHD_PORT/"
+        ;;
+    nginx)
+        start nginx "${pin_proxy[@]}" nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log"
+        nginx_pid=$last_pid
+        wait_http nginx "$nginx_pid" "http://127.0.0.1:$NGINX_PORT/"
+        # master + worker(s); the master is idle but counted all the same
+        pids[nginx]="$nginx_pid $(children "$nginx_pid" | tr '\n' ' ')"
+        url[nginx]="http://127.0.0.1:$NGINX_PORT/"
+        ;;
+    haproxy)
+        start haproxy "${pin_proxy[@]}" haproxy -db -f "$tmp/haproxy/haproxy.cfg"
+        pids[haproxy]=$last_pid
+        wait_http haproxy "$last_pid" "http://127.0.0.1:$HAPROXY_PORT/"
+        url[haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
+        ;;
+    *) die "unknown proxy '$proxy' in PROXIES" ;;
+    esac
+done
+
+# Every target must answer 200 with the Host header before it is measured.
+targets=()
+for proxy in $PROXIES; do
+    code=$(curl -s -o "$tmp/preflight-$proxy" -w '%{http_code}' -H "Host: $HOST_HEADER" "${url[$proxy]}" || true)
+    if [[ $code == 200 ]]; then
+        targets+=("$proxy")
+    else
+        skipped[$proxy]="answered HTTP $code for Host: $HOST_HEADER"
+        log "skipping $proxy: ${skipped[$proxy]}"
+    fi
+done
+
+# ---------------------------------------------------------------- measure
+wrk_cmd() { # wrk_cmd CONNS DURATION URL: the command line, as an array in $wrk
+    wrk=("${pin_load[@]}" wrk -t "$THREADS" -c "$1" -d "$2" -s "$tmp/report.lua" -H "Host: $HOST_HEADER" "$3")
+}
+
+# One line per run: proxy conns rep rps p50_us p99_us cpu_us/req errors
+# status_errors user_us/req sys_us/req background_cpus steal_cpus.
+# background: CPUs used by processes other than wrk, the upstreams and the
+# proxy during the run (another build, say); steal: taken by the hypervisor.
+results=$tmp/results
+: >"$results"
+declare -A shown_cmd
+status=0
+nreq_runs=$((REPEAT * ${#targets[@]} * $(wc -w <<<"$CONNECTIONS")))
+log "$nreq_runs runs of $WARMUP + $DURATION each"
+
+for ((rep = 1; rep <= REPEAT; rep++)); do
+    for conns in $CONNECTIONS; do
+        for proxy in "${targets[@]}"; do
+            wrk_cmd "$conns" "$WARMUP" "${url[$proxy]}"
+            "${wrk[@]}" >/dev/null
+            wrk_cmd "$conns" "$DURATION" "${url[$proxy]}"
+            if [[ -z ${shown_cmd[$proxy]:-} ]]; then
+                commands+=("$(quote "${wrk[@]}")")
+                shown_cmd[$proxy]=1
+            fi
+            # shellcheck disable=SC2086  # pids is a list
+            read -r user0 sys0 <<<"$(cpu_ticks ${pids[$proxy]})"
+            read -r mach0 steal0 <<<"$(machine_ticks)"
+            read -r up_u0 up_s0 <<<"$(cpu_ticks "$echo1_pid" "$echo2_pid")"
+            children_ticks
+            wrk0=$child_ticks
+            out=$("${wrk[@]}")
+            children_ticks
+            wrk1=$child_ticks
+            read -r up_u1 up_s1 <<<"$(cpu_ticks "$echo1_pid" "$echo2_pid")"
+            read -r mach1 steal1 <<<"$(machine_ticks)"
+            # shellcheck disable=SC2086
+            read -r user1 sys1 <<<"$(cpu_ticks ${pids[$proxy]})"
+            read -r _ requests dur_us p50 p99 errors status_errors <<<"$(grep '^WRKRESULT' <<<"$out")"
+            read -r cpu_us user_us sys_us <<<"$(awk -v u=$((user1 - user0)) -v s=$((sys1 - sys0)) \
+                -v hz="$clk_tck" -v n="$requests" 'BEGIN {
+                    k = n > 0 ? 1e6 / hz / n : 0
+                    printf "%.2f %.2f %.2f", (u + s) * k, u * k, s * k }')"
+            rps=$(awk -v n="$requests" -v d="$dur_us" 'BEGIN { printf "%.0f", n / (d / 1e6) }')
+            ours=$((up_u1 + up_s1 - up_u0 - up_s0 + wrk1 - wrk0))
+            if [[ $proxy != direct ]]; then ours=$((ours + user1 + sys1 - user0 - sys0)); fi
+            read -r bg steal <<<"$(awk -v m=$((mach1 - mach0 - ours)) -v st=$((steal1 - steal0)) \
+                -v hz="$clk_tck" -v d="$dur_us" 'BEGIN {
+                    if (m < 0) m = 0
+                    printf "%.2f %.2f", m / hz / (d / 1e6), st / hz / (d / 1e6) }')"
+            echo "$proxy $conns $rep $rps $p50 $p99 $cpu_us $errors $status_errors $user_us $sys_us $bg $steal" >>"$results"
+            log "rep $rep  $proxy  c=$conns  $rps req/s  p50 ${p50}us  p99 ${p99}us" \
+                " CPU ${cpu_us} us/req (user $user_us, sys $sys_us)  errors $errors/$status_errors" \
+                " background ${bg} CPUs, steal ${steal}"
+            if ((errors + status_errors > 0)); then status=2; fi
+        done
+    done
+done
+
+# ---------------------------------------------------------------- syscalls
+syscall_report=$tmp/syscalls.md
+: >"$syscall_report"
+if [[ $SYSCALLS == 1 ]]; then
+    for proxy in "${targets[@]}"; do
+        attach=()
+        # shellcheck disable=SC2086
+        for pid in ${pids[$proxy]}; do attach+=(-p "$pid"); done
+        strace -c -f -o "$tmp/strace-$proxy" "${attach[@]}" 2>/dev/null &
+        strace_pid=$!
+        sleep 1
+        wrk_cmd "${CONNECTIONS%% *}" "$SYSCALL_DURATION" "${url[$proxy]}"
+        out=$("${wrk[@]}")
+        kill -INT "$strace_pid" 2>/dev/null || true
+        wait "$strace_pid" 2>/dev/null || true
+        read -r _ requests _ <<<"$(grep '^WRKRESULT' <<<"$out")"
+        awk -v p="$proxy" -v n="$requests" '
+            $NF == "total" { total = $4 }
+            $1 ~ /^[0-9.]+$/ && $NF != "total" { calls[$NF] = $4 }
+            END {
+                if (n == 0 || total == 0) { printf "- %s: no data (strace failed?)\n", p; exit }
+                line = sprintf("- %s: %.2f syscalls/request (%d requests under strace):", p, total / n, n)
+                k = 0
+                while (k < 6) {
+                    best = ""; for (s in calls) if (best == "" || calls[s] > calls[best]) best = s
+                    if (best == "") break
+                    line = line sprintf(" %s %.2f,", best, calls[best] / n); delete calls[best]; k++
+                }
+                sub(/,$/, "", line); print line
+            }' "$tmp/strace-$proxy" >>"$syscall_report"
+    done
+fi
+
+# ---------------------------------------------------------------- report
+cpu_model=$(awk -F: '/^model name/ { sub(/^ +/, "", $2); print $2; exit }' /proc/cpuinfo)
+ms() { awk -v u="$1" 'BEGIN { printf "%.3f ms", u / 1000 }'; }
+
+echo "## wrk benchmark: meshd vs nginx vs HAProxy"
+echo
+echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+echo "- machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, Linux $(uname -r); $busy_before CPUs busy just before the run"
+echo "- $meshd_version ($meshd_source), $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), $({ wrk --version 2>&1 || true; } | head -1 | cut -d' ' -f1-2)"
+echo "- parameters: DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=\"$CONNECTIONS\" THREADS=$THREADS REPEAT=$REPEAT PIN=$PIN$(
+    if [[ $PIN == 1 ]]; then echo " (proxy on CPU $PROXY_CPUS, wrk and upstreams on CPU $LOAD_CPUS)"; fi)"
+echo "- each row is the median of $REPEAT runs by req/s; CPU µs/req is the proxy process's utime+stime over requests served"
+echo
+echo "| proxy | conns | req/s | p50 | p99 | CPU µs/req |"
+echo "|---|---:|---:|---:|---:|---:|"
+declare -A median_cpu
+split=()
+for conns in $CONNECTIONS; do
+    for proxy in $PROXIES; do
+        label=$proxy
+        if [[ $proxy == direct ]]; then label="direct (no proxy)"; fi
+        if [[ -n ${skipped[$proxy]:-} ]]; then
+            echo "| $label | $conns | skipped: ${skipped[$proxy]} | | | |"
+            status=2
+            continue
+        fi
+        row=$(awk -v p="$proxy" -v c="$conns" '$1 == p && $2 == c' "$results" | sort -k4,4n |
+            awk '{ r[NR] = $0 } END { print r[int(NR / 2) + 1] }')
+        read -r _ _ _ rps p50 p99 cpu_us errors status_errors user_us sys_us _ <<<"$row"
+        note=""
+        if ((errors + status_errors > 0)); then note=" (errors: $errors, non-2xx: $status_errors)"; fi
+        echo "| $label | $conns | $rps$note | $(ms "$p50") | $(ms "$p99") | $cpu_us |"
+        median_cpu[$proxy/$conns]=$cpu_us
+        split+=("$label, $conns conns: $user_us user + $sys_us sys")
+    done
+done
+echo
+if [[ " $PROXIES " == *" direct "* ]]; then
+    echo "The direct row's CPU column is the echo upstream's own CPU per request (no proxy in the path)."
+    echo
+fi
+read -r bg_median bg_max steal_max <<<"$(awk '{ print $12, $13 }' "$results" | sort -n | awk '
+    { b[NR] = $1; if ($1 > bmax) bmax = $1; if ($2 > smax) smax = $2 }
+    END { printf "%.2f %.2f %.2f", b[int(NR / 2) + 1], bmax, smax }')"
+echo "Other processes used a median $bg_median CPUs (max $bg_max) during the measured runs; hypervisor steal at most $steal_max CPUs.$(
+    if awk -v b="$bg_max" 'BEGIN { exit !(b > 0.1) }'; then echo " The machine was not idle: treat the numbers with care."; fi)"
+echo
+if ((${#split[@]})); then
+    echo "CPU µs/req split into user and kernel time (same runs):"
+    echo
+    printf -- '- %s\n' "${split[@]}"
+    echo
+fi
+for conns in $CONNECTIONS; do
+    m=${median_cpu[meshd/$conns]:-}
+    for peer in nginx haproxy; do
+        p=${median_cpu[$peer/$conns]:-}
+        if [[ -n $m && -n $p ]]; then
+            awk -v m="$m" -v p="$p" -v peer="$peer" -v c="$conns" \
+                'BEGIN { printf "meshd CPU/request ÷ %s CPU/request (%s conns): %.2f (%s µs vs %s µs)\n", peer, c, m / p, m, p }'
+        fi
+    done
+done
+if [[ -s $syscall_report ]]; then
+    echo
+    echo "Syscalls per request (strace -c -f on the proxy, $SYSCALL_DURATION of wrk -c ${CONNECTIONS%% *}; strace slows the proxy, so only the counts mean anything):"
+    echo
+    cat "$syscall_report"
+fi
+echo
+echo "Commands (\$TMP is the script's temp dir; the configs it writes there are in benches/wrk.sh):"
+echo
+echo '```'
+printf '%s\n' "${commands[@]}" | sed "s|$tmp|\$TMP|g"
+echo '```'
+exit "$status"
