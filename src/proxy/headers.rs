@@ -8,12 +8,13 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers removed in both directions, besides those the
 /// `Connection` header names.
-const HOP_BY_HOP: [HeaderName; 7] = [
+const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     header::PROXY_AUTHORIZATION,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     header::TRAILER,
+    header::TE,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
 ];
@@ -26,7 +27,15 @@ pub static X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("
 
 /// Removes hop-by-hop headers, including any listed in `Connection`.
 /// `TE: trailers` survives on requests (gRPC needs it); other TE values go.
+///
+/// Messages rarely carry any of these, so one pass over the (few) header
+/// names decides whether there is anything to do; only then are names
+/// looked up and removed.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
+    let found = headers.keys().any(|name| HOP_BY_HOP.contains(name) || (request && name == header::EXPECT));
+    if !found {
+        return;
+    }
     if let Some(connection) = headers.get(header::CONNECTION) {
         let named: Vec<HeaderName> = connection
             .to_str()
@@ -38,14 +47,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
             headers.remove(name);
         }
     }
+    let keep_te = request && headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in &HOP_BY_HOP {
-        if headers.contains_key(name) {
+        if !(keep_te && name == header::TE) {
             headers.remove(name);
         }
-    }
-    let keep_te = request && headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !keep_te {
-        headers.remove(header::TE);
     }
     if request {
         // meshd answers `Expect: 100-continue` itself (hyper sends the 100
@@ -58,21 +64,17 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, request: bool) {
 /// client address to `x-forwarded-for`, sets `x-forwarded-proto`, keeps or
 /// generates `x-request-id`, and sets `x-envoy-attempt-count: 1`.
 pub fn set_forwarding(headers: &mut HeaderMap, client: IpAddr, scheme: &'static str) {
-    let mut buf = [0u8; 128];
+    let mut buf = [0u8; 64];
+    let ip = ip_text(client, &mut buf);
     let xff = match headers.get(&X_FORWARDED_FOR) {
         Some(existing) => {
-            let mut value = Vec::with_capacity(existing.len() + 48);
+            let mut value = Vec::with_capacity(existing.len() + 2 + ip.len());
             value.extend_from_slice(existing.as_bytes());
             value.extend_from_slice(b", ");
-            let _ = write!(value, "{client}");
+            value.extend_from_slice(ip);
             HeaderValue::from_maybe_shared(bytes::Bytes::from(value))
         }
-        None => {
-            let mut cursor = std::io::Cursor::new(&mut buf[..]);
-            let _ = write!(cursor, "{client}");
-            let len = cursor.position() as usize;
-            HeaderValue::from_bytes(&buf[..len])
-        }
+        None => HeaderValue::from_bytes(ip),
     };
     if let Ok(xff) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
@@ -89,6 +91,40 @@ pub fn set_forwarding(headers: &mut HeaderMap, client: IpAddr, scheme: &'static 
         }
     }
     headers.insert(X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from_static("1"));
+}
+
+/// The text form of `ip` in `buf`. IPv4 (the common case) is written
+/// directly; going through `fmt` costs several times more per request.
+fn ip_text(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let (h, t, o) = (octet / 100, octet / 10 % 10, octet % 10);
+                if h > 0 {
+                    buf[len] = b'0' + h;
+                    len += 1;
+                }
+                if h > 0 || t > 0 {
+                    buf[len] = b'0' + t;
+                    len += 1;
+                }
+                buf[len] = b'0' + o;
+                len += 1;
+            }
+            &buf[..len]
+        }
+        IpAddr::V6(_) => {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            let _ = write!(cursor, "{ip}");
+            let len = cursor.position() as usize;
+            &buf[..len]
+        }
+    }
 }
 
 /// `x-envoy-upstream-service-time` for `ms`: a static value for the common
@@ -141,6 +177,15 @@ mod tests {
         assert_eq!(uuid::Uuid::parse_str(&id).unwrap().get_version_num(), 4, "{id}");
         set_forwarding(&mut h, "::1".parse().unwrap(), "http");
         assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "127.0.0.1, ::1");
+    }
+
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "255.255.255.255", "1.100.9.99", "::1", "fe80::1:2"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut buf = [0u8; 64];
+            assert_eq!(std::str::from_utf8(ip_text(ip, &mut buf)).unwrap(), ip.to_string());
+        }
     }
 
     #[test]

@@ -15,9 +15,6 @@ use tracing::{debug, warn};
 use super::service::{handle, Downstream};
 use super::Proxy;
 
-/// How long a client may take to send a request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// Serves `listener` until `shutdown` turns true, then drains: stops
 /// accepting, tells every open connection to finish its current request
 /// and close (HTTP/1.1: no more keep-alive; HTTP/2: GOAWAY), and returns
@@ -30,7 +27,10 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    // No per-request header-read timer: like Envoy's default
+    // (`request_headers_timeout` unset), and it would arm a boxed timer for
+    // every request head. Slow-client limits belong to the connection.
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     loop {
         let accepted = tokio::select! {
