@@ -36,10 +36,11 @@ pub struct HostIndex {
 impl HostIndex {
     /// Adds `domain` (a host, `*.suffix`, `*suffix` or `*`) for virtual host
     /// `vhost`. Returns false, changing nothing, if the domain is already
-    /// taken: the first virtual host to claim a domain keeps it.
+    /// taken: the first virtual host to claim a domain keeps it (and
+    /// for a `vhost` index beyond 2^32, which no memory could hold).
     pub(crate) fn insert(&mut self, domain: &str, vhost: usize) -> bool {
         let domain = domain.strip_suffix('.').unwrap_or(domain).to_ascii_lowercase();
-        let vhost = u32::try_from(vhost).expect("fewer than 2^32 virtual hosts");
+        let Ok(vhost) = u32::try_from(vhost) else { return false };
         match domain.strip_prefix('*') {
             Some("") => {
                 if self.any.is_some() {

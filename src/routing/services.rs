@@ -155,9 +155,11 @@ impl<'c> Registry<'c> {
         self.clusters.get(name).copied()
     }
 
+    /// Adds a cluster. Beyond 2^32 clusters (far past any memory) further
+    /// ones are not added, and routes to them answer `NC`.
     fn push_cluster(&mut self, clusters: &mut Vec<ClusterSpec>, spec: ClusterSpec) {
-        let id = ClusterId(u32::try_from(clusters.len()).expect("fewer than 2^32 clusters"));
-        self.clusters.insert(spec.name.clone(), id);
+        let Ok(index) = u32::try_from(clusters.len()) else { return };
+        self.clusters.insert(spec.name.clone(), ClusterId(index));
         clusters.push(spec);
     }
 }
