@@ -52,8 +52,6 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
-    #[error("cannot watch the configuration: {0}")]
-    Watch(#[from] notify::Error),
 }
 
 /// A started server.
@@ -118,7 +116,15 @@ impl RunningServer {
         background.spawn(reload_task(reloader, reload.clone(), admin.clone(), shutdown_rx));
         let watcher = if options.watch {
             let notify = reload.clone();
-            Some(crate::config::watch::watch(&options.config, move || notify.notify_one())?)
+            match crate::config::watch::watch(&options.config, move || notify.notify_one()) {
+                Ok(watcher) => Some(watcher),
+                Err(error) => {
+                    // A path that does not exist yet cannot be watched; the
+                    // proxy still serves, and SIGHUP still reloads.
+                    warn!(%error, "cannot watch the configuration; reload with SIGHUP");
+                    None
+                }
+            }
         } else {
             None
         };
