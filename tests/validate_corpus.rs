@@ -121,3 +121,21 @@ fn analyzer_corpus_findings_are_those_expected() {
     assert!(has(&p, "non-method-get", "spec.http[0].match[1]", false), "{}", listing(&p));
     assert!(has(&p, "overlapping-in-two-matches", "spec.http[1].match[0]", false), "{}", listing(&p));
 }
+
+/// Scenario: the configurations the repository ships (the demo and the
+/// commented examples) are valid together, with no warning either: they
+/// are what users copy.
+#[test]
+fn shipped_configs_validate_without_problems() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let sources = Sources { paths: vec![root.join("demo"), root.join("examples")], namespace: "default".into() };
+    let problems = match load_and_validate(&sources) {
+        Ok((config, warnings)) => {
+            assert!(config.len() >= 10, "expected the demo and the examples, got {} resources", config.len());
+            warnings
+        }
+        Err(refused) => refused.problems,
+    };
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    assert!(lines.is_empty(), "shipped configs must validate cleanly:\n{}", lines.join("\n"));
+}
