@@ -137,6 +137,10 @@ pub fn service_time(ms: u64) -> HeaderValue {
     }
 }
 
+/// Bytes of an HTTP/1.1 status line such as `HTTP/1.1 200 OK\r\n`, for
+/// `istio_response_bytes` (the reason phrase varies; this is the common one).
+pub const STATUS_LINE_BYTES: u64 = 17;
+
 /// Bytes a header block takes on the wire in HTTP/1.1 (`name: value\r\n`
 /// per field, plus the blank line).
 pub fn block_bytes(headers: &HeaderMap) -> u64 {

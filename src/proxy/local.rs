@@ -76,7 +76,7 @@ impl LocalReply {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
-        let response_bytes = super::headers::block_bytes(headers) + 17 + body_len as u64;
+        let response_bytes = super::headers::STATUS_LINE_BYTES + super::headers::block_bytes(headers) + body_len as u64;
         metrics.record(
             destination,
             &RequestRecord {

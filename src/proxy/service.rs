@@ -59,20 +59,16 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
     let endpoint = active.endpoint();
     match forward::send(&endpoint.pool, upstream_req, connect_timeout).await {
         Ok((response, conn)) => {
-            let (mut parts, inner) = response.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers, false);
-            let service_ms = start.elapsed().as_millis() as u64;
-            parts.headers.insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::service_time(service_ms));
             let done = Completion {
-                status: parts.status.as_u16(),
-                response_bytes: headers::block_bytes(&parts.headers) + 17,
+                status: response.status().as_u16(),
+                response_bytes: 0,
                 active,
                 conn: Some(conn),
                 start,
                 flags: ResponseFlags::NONE,
                 request_bytes,
             };
-            Response::from_parts(parts, ProxyBody::Upstream { inner, done: Some(done) })
+            proxied(response, done)
         }
         Err(error) => {
             let (flags, reason) = error.classify();
@@ -81,6 +77,18 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
             reply.into_response(&endpoint.registry, endpoint.metrics.labels(), start, request_bytes.total())
         }
     }
+}
+
+/// The downstream response for an upstream one: hop-by-hop headers
+/// removed, `x-envoy-upstream-service-time` added, the body streamed
+/// through with `done` running at its end.
+fn proxied(response: Response<Incoming>, mut done: Completion) -> Response<ProxyBody> {
+    let (mut parts, inner) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    let service_ms = done.start.elapsed().as_millis() as u64;
+    parts.headers.insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::service_time(service_ms));
+    done.response_bytes = headers::STATUS_LINE_BYTES + headers::block_bytes(&parts.headers);
+    Response::from_parts(parts, ProxyBody::Upstream { inner, done: Some(done) })
 }
 
 /// Finds the cluster for `req`, or the local reply to send instead (with
