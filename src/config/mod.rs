@@ -67,6 +67,8 @@ pub fn load_and_validate(sources: &Sources) -> Result<(Config, Vec<Problem>), Re
     Ok((config, problems))
 }
 
+// === impl Config ===
+
 impl Config {
     /// Number of resources of all kinds.
     pub fn len(&self) -> usize {

@@ -127,6 +127,8 @@ struct Claims {
     order: Vec<(String, usize)>,
 }
 
+// === impl Claims ===
+
 impl Claims {
     fn new(config: &Config, warnings: &mut Vec<Problem>) -> Claims {
         let mut applicable: Vec<(usize, &Resource<VirtualService>)> = config

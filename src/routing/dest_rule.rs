@@ -39,6 +39,8 @@ pub(super) struct RuleIndex<'c> {
     proxy_namespace: &'c str,
 }
 
+// === impl RuleIndex ===
+
 impl<'c> RuleIndex<'c> {
     pub fn new(config: &'c Config, warnings: &mut Vec<Problem>) -> Self {
         let mut rules: Vec<(usize, &Resource<DestinationRule>)> = Vec::new();

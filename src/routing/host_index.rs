@@ -33,6 +33,8 @@ pub struct HostIndex {
     any: Option<u32>,
 }
 
+// === impl HostIndex ===
+
 impl HostIndex {
     /// Adds `domain` (a host, `*.suffix`, `*suffix` or `*`) for virtual host
     /// `vhost`. Returns false, changing nothing, if the domain is already

@@ -62,6 +62,8 @@ fn port_entry(policy: &TrafficPolicy, port: u16) -> Option<&PortTrafficPolicy> {
     policy.port_level_settings.iter().find(|p| p.port.is_some_and(|s| s.number == u32::from(port)))
 }
 
+// === impl ResolvedPolicy ===
+
 impl ResolvedPolicy {
     fn from_top(top: &TrafficPolicy) -> Self {
         ResolvedPolicy {

@@ -53,6 +53,8 @@ pub(super) fn req(authority: &str, path: &str) -> Req {
     Req { method: Method::GET, authority: authority.into(), port: 80, path, query, headers: HeaderMap::new() }
 }
 
+// === impl Req ===
+
 impl Req {
     pub fn header(mut self, name: &'static str, value: &'static str) -> Self {
         self.headers.append(name, HeaderValue::from_static(value));

@@ -38,6 +38,8 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<
     Ok(send)
 }
 
+// === impl ConnectError ===
+
 impl ConnectError {
     /// The reset reason Envoy prints in its 503 body.
     pub fn reason(&self) -> &'static str {

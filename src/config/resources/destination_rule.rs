@@ -355,6 +355,8 @@ pub struct RetryBudget {
     pub min_retry_concurrency: Option<u32>,
 }
 
+// === impl TrafficPolicy ===
+
 impl TrafficPolicy {
     /// True when the policy is present but sets nothing (`trafficPolicy: {}`),
     /// which Istio refuses.

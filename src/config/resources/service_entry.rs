@@ -99,6 +99,8 @@ pub enum PortProtocol {
     Unspecified,
 }
 
+// === impl ServicePort ===
+
 impl ServicePort {
     pub fn protocol(&self) -> PortProtocol {
         match self.protocol.as_deref().map(str::to_ascii_uppercase).as_deref() {
@@ -119,12 +121,16 @@ impl ServicePort {
     }
 }
 
+// === impl PortProtocol ===
+
 impl PortProtocol {
     /// Whether meshd's HTTP proxy serves this port.
     pub fn is_http(self) -> bool {
         matches!(self, Self::Http | Self::Http2 | Self::Grpc | Self::Unspecified)
     }
 }
+
+// === impl WorkloadEntry ===
 
 impl WorkloadEntry {
     /// Endpoint weight with Istio's default (0/unset ⇒ 1).

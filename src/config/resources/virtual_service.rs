@@ -355,6 +355,8 @@ pub struct RouteDestination {
     pub weight: Option<i64>,
 }
 
+// === impl HttpRoute ===
+
 impl HttpRoute {
     /// The fields whose behaviour a later part of meshd implements; loading
     /// mentions them once per resource ("parsed, not applied yet").
