@@ -59,15 +59,19 @@ pub struct Refused {
 /// Loads and validates `sources`. On success returns the configuration and
 /// its warnings; on any error returns every problem found.
 pub fn load_and_validate(sources: &Sources) -> Result<(Config, Vec<Problem>), Refused> {
-    let (config, mut problems) = load::load(sources);
+    let (config, problems) = load::load(sources);
+    validate_loaded(config, problems)
+}
+
+/// Validates a configuration [`load::load`] returned, together with the
+/// problems loading found.
+pub fn validate_loaded(config: Config, mut problems: Vec<Problem>) -> Result<(Config, Vec<Problem>), Refused> {
     problems.extend(validate::validate(&config));
     if problems.iter().any(Problem::is_error) {
         return Err(Refused { problems });
     }
     Ok((config, problems))
 }
-
-// === impl Config ===
 
 impl Config {
     /// Number of resources of all kinds.

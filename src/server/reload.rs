@@ -50,25 +50,32 @@ impl Reloader {
     /// Loads the sources and applies them if they are valid and changed.
     pub async fn reload(&mut self) -> Outcome {
         let sources = self.sources.clone();
+        let last_hash = self.last_hash;
+        // Identical content is recognised right after reading, before any
+        // validation or compilation (watchers report bursts of events).
         let loaded = tokio::task::spawn_blocking(move || {
-            config::load_and_validate(&sources).map(|(config, warnings)| {
+            let (config, problems) = config::load::load(&sources);
+            if last_hash == Some(config.content_hash) {
+                return Ok(None);
+            }
+            config::validate_loaded(config, problems).map(|(config, warnings)| {
                 let compiled = routing::compile(&config);
-                (config, warnings, compiled)
+                Some((config, warnings, compiled))
             })
         })
         .await;
         let (config, warnings, compiled) = match loaded {
-            Ok(Ok(done)) => done,
+            Ok(Ok(Some(done))) => done,
+            Ok(Ok(None)) => {
+                self.metrics.config_reloads.with_label_values(&["unchanged"]).inc();
+                return Outcome::Unchanged;
+            }
             Ok(Err(refused)) => return self.reject(refused.problems),
             Err(join) => {
                 let problem = Problem::error(None, None, "", format!("configuration load failed: {join}"));
                 return self.reject(vec![problem]);
             }
         };
-        if self.last_hash == Some(config.content_hash) {
-            self.metrics.config_reloads.with_label_values(&["unchanged"]).inc();
-            return Outcome::Unchanged;
-        }
         self.last_hash = Some(config.content_hash);
         for problem in warnings.iter().chain(&compiled.warnings) {
             warn!("{problem}");
