@@ -72,11 +72,12 @@ fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
     }
     match req.uri().path() {
         "/ready" => {
-            let ready = state.ready.load(Ordering::Acquire) && !state.draining.load(Ordering::Acquire);
-            match (ready, state.draining.load(Ordering::Acquire)) {
-                (true, _) => text(StatusCode::OK, "ready\n"),
-                (false, true) => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-                (false, false) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+            if state.draining.load(Ordering::Acquire) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if state.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),

@@ -123,15 +123,6 @@ pub fn check_dns_label(label: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A lower-case DNS-1123 label (subset names, port names, namespaces).
-pub fn is_dns1123_label(label: &str) -> bool {
-    !label.is_empty()
-        && label.len() <= 63
-        && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !label.starts_with('-')
-        && !label.ends_with('-')
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,8 +169,5 @@ mod tests {
         assert!(check_wildcard_domain("*foo.com").is_ok());
         assert!(check_wildcard_domain("*.").is_err());
         assert!(check_wildcard_domain(&"a".repeat(64)).is_err());
-        assert!(is_dns1123_label("v1"));
-        assert!(!is_dns1123_label("v1.0"));
-        assert!(!is_dns1123_label("V_1"));
     }
 }

@@ -153,7 +153,7 @@ impl Metrics {
     }
 
     fn resolve(&self, destination: &DestinationLabels, status: u16, flags: &str) -> RequestMetrics {
-        let code = itoa_status(status);
+        let code = status.to_string();
         let values = labels::values(&self.source, destination, &code, flags);
         RequestMetrics {
             requests: self.requests_total.with_label_values(&values),
@@ -162,10 +162,6 @@ impl Metrics {
             response_bytes: self.response_bytes.with_label_values(&values),
         }
     }
-}
-
-fn itoa_status(status: u16) -> String {
-    status.to_string()
 }
 
 // === impl RequestMetrics ===
