@@ -17,6 +17,7 @@ use arc_swap::ArcSwap;
 pub mod body;
 pub mod flags;
 mod forward;
+pub mod hash_key;
 pub mod headers;
 pub mod listener;
 mod local;

@@ -18,16 +18,22 @@ use http::{HeaderMap, Method};
 use crate::config::resources::Labels;
 use crate::config::Problem;
 
+mod cluster_policy;
 mod compile;
 mod dest_rule;
 mod host_index;
 mod matcher;
 mod policy;
+pub mod retry;
 mod routes;
 mod services;
 #[cfg(test)]
 mod testutil;
 
+pub use cluster_policy::{
+    CircuitBreakers, ClusterPolicy, HashKey, HashPolicy, HashTableKind, Keepalive, LbPolicy, OutlierConfig, PoolSettings,
+    Warmup, UNLIMITED,
+};
 pub use compile::compile;
 pub use host_index::HostIndex;
 pub use matcher::RequestMatch;
@@ -153,28 +159,6 @@ pub struct DnsTarget {
     pub labels: Arc<Labels>,
 }
 
-/// The traffic policy of one cluster after Istio's override rules
-/// (spec §2.2), and what meshd derives from it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ClusterPolicy {
-    pub lb: LbPolicy,
-    /// `tcp.connectTimeout`, default 10 s.
-    pub connect_timeout: std::time::Duration,
-    /// The resolved Istio blocks, kept whole for the parts of meshd that
-    /// interpret them (pool limits, outlier detection, TLS).
-    pub resolved: ResolvedPolicy,
-}
-
-/// `loadBalancer.simple`, with Istio's default `LEAST_REQUEST`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum LbPolicy {
-    #[default]
-    LeastRequest,
-    RoundRobin,
-    Random,
-    Passthrough,
-}
-
 /// The parts of a request that routing looks at.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
@@ -239,17 +223,5 @@ impl Forward {
             point -= d.weight;
         }
         self.destinations.last()
-    }
-}
-
-// === impl ClusterPolicy ===
-
-impl Default for ClusterPolicy {
-    fn default() -> Self {
-        ClusterPolicy {
-            lb: LbPolicy::default(),
-            connect_timeout: std::time::Duration::from_secs(10),
-            resolved: ResolvedPolicy::default(),
-        }
     }
 }

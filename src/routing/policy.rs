@@ -1,10 +1,9 @@
 //! Istio's traffic-policy override rules (spec §2.2), and the
 //! [`ClusterPolicy`] meshd derives from the result.
 
-use super::{ClusterPolicy, LbPolicy};
+use super::ClusterPolicy;
 use crate::config::resources::{
-    ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, PortTrafficPolicy, SimpleLb,
-    TrafficPolicy,
+    ClientTlsSettings, ConnectionPoolSettings, LoadBalancerSettings, OutlierDetection, PortTrafficPolicy, TrafficPolicy,
 };
 
 /// The four blocks that apply to one cluster, after port-level and subset
@@ -84,31 +83,16 @@ impl ResolvedPolicy {
     }
 }
 
-/// What meshd derives from a resolved policy: the balancer and the connect
-/// timeout (default 10 s; a zero timeout also means the default).
-///
-/// `consistentHash` has no [`LbPolicy`] of its own yet: such a cluster uses
-/// the default balancer (`LEAST_REQUEST`) until hashing is implemented.
+/// What meshd derives from a resolved policy (see [`ClusterPolicy`]).
 pub(super) fn cluster_policy(resolved: ResolvedPolicy) -> ClusterPolicy {
-    let lb = match resolved.load_balancer.as_ref().and_then(|lb| lb.simple) {
-        None | Some(SimpleLb::Unspecified | SimpleLb::LeastRequest | SimpleLb::LeastConn) => LbPolicy::LeastRequest,
-        Some(SimpleLb::RoundRobin) => LbPolicy::RoundRobin,
-        Some(SimpleLb::Random) => LbPolicy::Random,
-        Some(SimpleLb::Passthrough) => LbPolicy::Passthrough,
-    };
-    let connect_timeout = resolved
-        .connection_pool
-        .as_ref()
-        .and_then(|pool| pool.tcp.as_ref())
-        .and_then(|tcp| tcp.connect_timeout)
-        .filter(|d| !d.is_zero())
-        .map_or(ClusterPolicy::default().connect_timeout, |d| d.as_std());
-    ClusterPolicy { lb, connect_timeout, resolved }
+    ClusterPolicy::from_resolved(resolved)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::resources::SimpleLb;
+    use crate::routing::LbPolicy;
 
     fn policy(yaml: &str) -> TrafficPolicy {
         serde_yaml::from_str(yaml).unwrap()
@@ -201,7 +185,6 @@ portLevelSettings:
         assert_eq!(lb("loadBalancer: {simple: ROUND_ROBIN}"), LbPolicy::RoundRobin);
         assert_eq!(lb("loadBalancer: {simple: RANDOM}"), LbPolicy::Random);
         assert_eq!(lb("loadBalancer: {simple: PASSTHROUGH}"), LbPolicy::Passthrough);
-        assert_eq!(lb("loadBalancer: {consistentHash: {httpHeaderName: x}}"), LbPolicy::LeastRequest);
         let p =
             cluster_policy(resolve_policy(Some(&policy("connectionPool: {tcp: {connectTimeout: 250ms}}")), None, 80));
         assert_eq!(p.connect_timeout, std::time::Duration::from_millis(250));

@@ -19,7 +19,10 @@ mod cluster;
 mod connect;
 mod dns;
 mod endpoint;
+pub mod hash;
+pub mod outlier;
 mod pool;
+pub mod resources;
 
 pub use body::RequestBody;
 pub use cluster::{Cluster, ClusterState};
