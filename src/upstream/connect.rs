@@ -1,14 +1,22 @@
 //! Opening an HTTP/1.1 connection to an endpoint.
+//!
+//! The socket gets `TCP_NODELAY` (a proxy writes whole messages) and, when
+//! the DestinationRule has a `tcp.tcpKeepalive` block, `SO_KEEPALIVE` with
+//! the configured idle time, probe interval and probe count; fields left
+//! unset keep the OS defaults (Envoy's `upstream_connection_options`,
+//! spec §2.4).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::RequestBody;
+use crate::routing::Keepalive;
 
 /// Why a connection could not be made. Both are Envoy's `UF`.
 #[derive(Debug, thiserror::Error)]
@@ -21,16 +29,31 @@ pub enum ConnectError {
     Handshake(#[source] hyper::Error),
 }
 
-/// Connects to `addr` within `timeout`, disables Nagle (a proxy writes
-/// whole messages), and spawns the connection's driver task. The task ends
-/// when the connection closes; the returned handle sees that as
-/// `is_closed()`.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<RequestBody>, ConnectError> {
+/// Connects to `addr` within `timeout`, sets the socket options, and
+/// spawns the connection's driver task. The task ends when the connection
+/// closes; the returned handle sees that as `is_closed()`.
+///
+/// `guard` lives exactly as long as the connection: it moves into the
+/// driver task and is dropped when that task ends, or here if connecting
+/// fails. The pool uses it to count open connections.
+pub async fn connect<G>(
+    addr: SocketAddr,
+    timeout: Duration,
+    keepalive: Option<&Keepalive>,
+    guard: G,
+) -> Result<SendRequest<RequestBody>, ConnectError>
+where
+    G: Send + 'static,
+{
     let stream =
         tokio::time::timeout(timeout, TcpStream::connect(addr)).await.map_err(|_| ConnectError::Timeout(timeout))??;
     stream.set_nodelay(true)?;
+    if let Some(keepalive) = keepalive {
+        SockRef::from(&stream).set_tcp_keepalive(&tcp_keepalive(keepalive))?;
+    }
     let (send, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
     tokio::spawn(async move {
+        let _guard = guard;
         if let Err(error) = conn.await {
             debug!(%addr, %error, "upstream connection ended");
         }
@@ -38,14 +61,88 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<SendRequest<
     Ok(send)
 }
 
+/// socket2's parameters for an Istio `tcpKeepalive` block: only the fields
+/// that are set (`set_tcp_keepalive` enables `SO_KEEPALIVE` itself).
+fn tcp_keepalive(keepalive: &Keepalive) -> TcpKeepalive {
+    let mut params = TcpKeepalive::new();
+    if let Some(time) = keepalive.time {
+        params = params.with_time(time);
+    }
+    if let Some(interval) = keepalive.interval {
+        params = params.with_interval(interval);
+    }
+    if let Some(probes) = keepalive.probes {
+        params = params.with_retries(probes);
+    }
+    params
+}
+
 // === impl ConnectError ===
 
 impl ConnectError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ConnectError::Timeout(_))
+    }
+
     /// The reset reason Envoy prints in its 503 body.
     pub fn reason(&self) -> &'static str {
         match self {
             ConnectError::Timeout(_) => "connection timeout",
             _ => "connection failure",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn keepalive_options_are_applied() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let keepalive =
+            Keepalive { probes: Some(4), time: Some(Duration::from_secs(30)), interval: Some(Duration::from_secs(5)) };
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let sock = SockRef::from(&stream);
+        assert!(!sock.keepalive().expect("SO_KEEPALIVE"));
+        sock.set_tcp_keepalive(&tcp_keepalive(&keepalive)).expect("set keepalive");
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(sock.keepalive_time().expect("TCP_KEEPIDLE"), Duration::from_secs(30));
+        assert_eq!(sock.keepalive_interval().expect("TCP_KEEPINTVL"), Duration::from_secs(5));
+        assert_eq!(sock.keepalive_retries().expect("TCP_KEEPCNT"), 4);
+    }
+
+    #[tokio::test]
+    async fn keepalive_block_without_fields_keeps_os_defaults() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let stream = TcpStream::connect(listener.local_addr().expect("addr")).await.expect("connect");
+        let sock = SockRef::from(&stream);
+        let idle = sock.keepalive_time().expect("TCP_KEEPIDLE");
+        sock.set_tcp_keepalive(&tcp_keepalive(&Keepalive { probes: None, time: None, interval: None }))
+            .expect("set keepalive");
+        assert!(sock.keepalive().expect("SO_KEEPALIVE"));
+        assert_eq!(sock.keepalive_time().expect("TCP_KEEPIDLE"), idle);
+    }
+
+    #[tokio::test]
+    async fn guard_lives_as_long_as_the_connection() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let guard = std::sync::Arc::new(());
+        let send = connect(addr, Duration::from_secs(1), None, guard.clone()).await.expect("connect");
+        let (server_side, _) = listener.accept().await.expect("accept");
+        assert_eq!(std::sync::Arc::strong_count(&guard), 2);
+        drop(server_side);
+        drop(send);
+        for _ in 0..200 {
+            if std::sync::Arc::strong_count(&guard) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the driver task kept the guard after the connection closed");
     }
 }
