@@ -6,11 +6,10 @@
 //! | `GET /healthz` | 200 `ok` while the process runs |
 //! | `GET /stats/prometheus`, `GET /metrics` | Prometheus text |
 //! | `GET /config_dump` | JSON: version, content hash, every resource |
-//! | `GET /clusters` | text: each cluster, its endpoints, requests in flight, idle connections |
+//! | `GET /clusters` | text (JSON with `?format=json`): each cluster and endpoint, health, ejections, requests in flight, connections |
 //!
 //! It binds loopback by default and changes nothing: every path is a read.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -26,6 +25,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::debug;
+
+mod clusters;
 
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -89,7 +90,10 @@ fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             response
         }
         "/config_dump" => config_dump(&state.snapshot.load()),
-        "/clusters" => text(StatusCode::OK, clusters(&state.snapshot.load())),
+        "/clusters" if req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "format=json")) => {
+            json(&clusters::json(&state.snapshot.load()))
+        }
+        "/clusters" => text(StatusCode::OK, clusters::text(&state.snapshot.load())),
         _ => text(StatusCode::NOT_FOUND, "not found; try /ready /healthz /stats/prometheus /config_dump /clusters\n"),
     }
 }
@@ -113,37 +117,18 @@ fn config_dump(snapshot: &Snapshot) -> Response<Full<Bytes>> {
         "config": &*snapshot.config,
         "clusters": clusters,
     });
-    match serde_json::to_vec_pretty(&dump) {
+    json(&dump)
+}
+
+fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
         Ok(body) => {
             let mut response = Response::new(Full::new(Bytes::from(body)));
             response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
-        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("config dump failed: {error}\n")),
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("JSON encoding failed: {error}\n")),
     }
-}
-
-fn clusters(snapshot: &Snapshot) -> String {
-    let mut out = String::new();
-    for cluster in &snapshot.clusters {
-        let state = cluster.state();
-        for e in &state.endpoints.endpoints {
-            let _ = writeln!(
-                out,
-                "{}::{}::rq_active::{}\n{}::{}::cx_idle::{}\n{}::{}::weight::{}",
-                cluster.name(),
-                e.addr,
-                e.active_requests(),
-                cluster.name(),
-                e.addr,
-                e.pool.idle_count(),
-                cluster.name(),
-                e.addr,
-                e.weight
-            );
-        }
-    }
-    out
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

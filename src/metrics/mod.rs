@@ -15,8 +15,10 @@ use prometheus::{
     TextEncoder,
 };
 
+pub mod clusters;
 mod labels;
 
+pub use clusters::{ClusterSample, ClusterStat, ClusterStatsSource};
 pub use labels::{DestinationLabels, SourceLabels};
 
 /// Envoy's default histogram buckets, used by Istio for all three request
@@ -49,6 +51,9 @@ pub struct Metrics {
     /// `envoy_cluster_upstream_cx_total{cluster_name}`-style counters are
     /// per cluster; this family holds connects by result.
     pub upstream_connects: IntCounterVec,
+    /// Where the `envoy_cluster_*` collector finds the live clusters; the
+    /// upstream side binds itself here.
+    pub clusters: clusters::ClusterSourceSlot,
 }
 
 /// Resolved handles for one label set.
@@ -85,6 +90,7 @@ pub struct MetricsError(#[from] prometheus::Error);
 impl Metrics {
     pub fn new(source: SourceLabels) -> Result<Arc<Self>, MetricsError> {
         let registry = Registry::new();
+        let (cluster_collector, cluster_slot) = clusters::ClusterCollector::new()?;
         let histogram = |name: &str, help: &str| {
             HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), &labels::ISTIO_LABELS)
         };
@@ -109,6 +115,7 @@ impl Metrics {
                 Opts::new("meshd_upstream_connects_total", "Upstream connection attempts by result"),
                 &["result"],
             )?,
+            clusters: cluster_slot,
             registry,
             source,
         };
@@ -124,6 +131,7 @@ impl Metrics {
         r.register(Box::new(metrics.downstream_connections.clone()))?;
         r.register(Box::new(metrics.upstream_connects.clone()))?;
         r.register(Box::new(build))?;
+        r.register(Box::new(cluster_collector))?;
         Ok(Arc::new(metrics))
     }
 
