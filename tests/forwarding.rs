@@ -335,7 +335,8 @@ async fn keep_alive_reuses_connections_on_both_sides() {
 }
 
 /// Scenario: an endpoint nobody listens on: 503 with Envoy's reset body and
-/// flag `UF`.
+/// flag `UF`. Istio's default retry policy retries connect failures twice,
+/// so the body says `retried and the latest` and the flags add `URX`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_is_503_uf() {
     let port = closed_port();
@@ -344,10 +345,10 @@ async fn upstream_down_is_503_uf() {
     assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(
         resp.text(),
-        "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+        "upstream connect error or disconnect/reset before headers. retried and the latest reset reason: connection failure"
     );
     mesh.wait_requests(
-        &[("response_code", "503"), ("response_flags", "UF"), ("destination_service", "down.example.com")],
+        &[("response_code", "503"), ("response_flags", "UF,URX"), ("destination_service", "down.example.com")],
         1.0,
     )
     .await;

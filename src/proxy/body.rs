@@ -15,12 +15,11 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use tokio::time::Instant;
 
 use super::flags::ResponseFlags;
 use crate::metrics::RequestRecord;
-use crate::upstream::{ActiveRequest, RequestBody};
+use crate::upstream::{ActiveRequest, PooledConn, RequestSlot};
 
 /// The downstream response body.
 pub enum ProxyBody {
@@ -35,13 +34,15 @@ pub struct Completion {
     /// Keeps the endpoint's in-flight count until the body ends.
     pub active: ActiveRequest,
     /// The upstream connection, returned to the pool on a clean end.
-    pub conn: Option<SendRequest<RequestBody>>,
+    pub conn: Option<PooledConn>,
     pub start: Instant,
     pub status: u16,
     pub flags: ResponseFlags,
     pub request_bytes: RequestBytes,
     /// Response head bytes, then body bytes as they pass.
     pub response_bytes: u64,
+    /// The cluster's `max_requests` slot, held until the body ends.
+    pub slot: Option<RequestSlot>,
 }
 
 /// `istio_request_bytes`: the head plus the body length, announced or

@@ -17,43 +17,58 @@ pub struct LocalReply {
     pub status: StatusCode,
     pub flags: ResponseFlags,
     pub body: Cow<'static, str>,
+    /// Adds `x-envoy-overloaded: true` (circuit-breaker overflow).
+    pub overloaded: bool,
 }
 
 /// Envoy's body prefix for upstream resets and connect failures.
-const RESET_PREFIX: &str = "upstream connect error or disconnect/reset before headers. reset reason: ";
+const RESET_PREFIX: &str = "upstream connect error or disconnect/reset before headers. ";
 
 // === impl LocalReply ===
 
 impl LocalReply {
     /// 404 `NR`: no virtual host or no route matched (empty body).
     pub fn no_route() -> Self {
-        LocalReply { status: StatusCode::NOT_FOUND, flags: ResponseFlags::NR, body: "".into() }
+        LocalReply::new(StatusCode::NOT_FOUND, ResponseFlags::NR, "")
     }
 
     /// 503 `NC`: the route's cluster does not exist.
     pub fn no_cluster() -> Self {
-        LocalReply { status: StatusCode::SERVICE_UNAVAILABLE, flags: ResponseFlags::NC, body: "".into() }
+        LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NC, "")
     }
 
     /// 503 `UH`: the cluster has no healthy endpoint.
     pub fn no_healthy_upstream() -> Self {
-        LocalReply {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            flags: ResponseFlags::UH,
-            body: "no healthy upstream".into(),
-        }
+        LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UH, "no healthy upstream")
     }
 
-    /// An upstream failure before response headers: 503 (502 for `UPE`).
-    pub fn upstream_reset(flags: ResponseFlags, reason: &str) -> Self {
+    /// An upstream failure before response headers: 503 (502 for `UPE`),
+    /// with Envoy's body (`retried and the latest` after retries).
+    pub fn upstream_reset(flags: ResponseFlags, reason: &str, retried: bool) -> Self {
         let status =
             if flags.contains(ResponseFlags::UPE) { StatusCode::BAD_GATEWAY } else { StatusCode::SERVICE_UNAVAILABLE };
-        LocalReply { status, flags, body: format!("{RESET_PREFIX}{reason}").into() }
+        let latest = if retried { "retried and the latest " } else { "" };
+        LocalReply::new(status, flags, format!("{RESET_PREFIX}{latest}reset reason: {reason}"))
+    }
+
+    /// 503 `UO` with `x-envoy-overloaded: true`: a circuit breaker is open.
+    pub fn overflow() -> Self {
+        let body = "upstream connect error or disconnect/reset before headers. reset reason: overflow";
+        LocalReply { overloaded: true, ..LocalReply::new(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UO, body) }
+    }
+
+    /// 504 `UT`: the route (or per-try) timeout expired.
+    pub fn timeout() -> Self {
+        LocalReply::new(StatusCode::GATEWAY_TIMEOUT, ResponseFlags::UT, "upstream request timeout")
     }
 
     /// 400 for a request meshd cannot route at all (`DPE`).
     pub fn bad_request(why: &'static str) -> Self {
-        LocalReply { status: StatusCode::BAD_REQUEST, flags: ResponseFlags::DPE, body: why.into() }
+        LocalReply::new(StatusCode::BAD_REQUEST, ResponseFlags::DPE, why)
+    }
+
+    fn new(status: StatusCode, flags: ResponseFlags, body: impl Into<Cow<'static, str>>) -> Self {
+        LocalReply { status, flags, body: body.into(), overloaded: false }
     }
 
     /// Records the reply against `destination` and builds the response.
@@ -76,6 +91,9 @@ impl LocalReply {
             headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
         }
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
+        if self.overloaded {
+            headers.insert(super::headers::X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+        }
         let response_bytes = super::headers::STATUS_LINE_BYTES + super::headers::block_bytes(headers) + body_len as u64;
         metrics.record(
             destination,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub mod body;
+mod exchange;
 pub mod flags;
 mod forward;
 pub mod hash_key;

@@ -11,12 +11,14 @@ use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::{BodyBytes, Completion, ProxyBody, RequestBytes};
-use super::flags::ResponseFlags;
+use super::body::{BodyBytes, ProxyBody, RequestBytes};
+use super::exchange::{self, Exchange};
+use super::hash_key::{self, RequestHash};
 use super::headers;
 use super::local::LocalReply;
-use super::{forward, path, Proxy};
+use super::{path, Proxy};
 use crate::metrics::DestinationLabels;
+use crate::routing::retry::RoutePolicy;
 use crate::routing::{Action, ClusterRef, Lookup, RequestView};
 use crate::snapshot::Snapshot;
 use crate::upstream::RequestBody;
@@ -29,6 +31,10 @@ pub struct Downstream {
     pub scheme: &'static str,
 }
 
+/// A local reply instead of a route, with the destination its metrics are
+/// recorded against (boxed: the error path is rare and the pair is large).
+type Refusal = Box<(LocalReply, DestinationLabels)>;
+
 /// Handles one request; never fails (errors become local replies).
 pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
@@ -37,58 +43,29 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
     // dropped before the first await.
     let snapshot = proxy.snapshot.load();
     let head_bytes = request_head_bytes(&req);
-    let decision = match route(&snapshot, &downstream, &req) {
+    let (index, route) = match route(&snapshot, &downstream, &req) {
         Ok(decision) => decision,
         Err(refusal) => {
             let (reply, destination) = *refusal;
             return reply.into_response(&proxy.metrics, &destination, start, head_bytes);
         }
     };
-    let Some(cluster) = snapshot.clusters.get(decision) else {
+    let Some(cluster) = snapshot.clusters.get(index).cloned() else {
         let destination = DestinationLabels::for_service("unknown", "unknown", "unknown");
         return LocalReply::no_cluster().into_response(&proxy.metrics, &destination, start, head_bytes);
     };
-    let Some((endpoint, connect_timeout)) = cluster.pick() else {
-        let s = &cluster.state().spec.service;
-        let destination = DestinationLabels::for_service(&s.host, &s.name, &s.namespace);
-        return LocalReply::no_healthy_upstream().into_response(&proxy.metrics, &destination, start, head_bytes);
-    };
     drop(snapshot);
-    let active = endpoint.start();
+    let hash =
+        cluster.state().spec.policy.hash.as_ref().map(|h| hash_key::request_hash(&h.key, &req, downstream.peer.ip()));
+    let (hash, set_cookie) = match hash {
+        None | Some(RequestHash::None) => (None, None),
+        Some(RequestHash::Hash(hash)) => (Some(hash), None),
+        Some(RequestHash::NewCookie { hash, set_cookie }) => (Some(hash), Some(set_cookie)),
+    };
+    let grpc = is_grpc(&req);
     let (upstream_req, request_bytes) = prepare(req, &downstream, head_bytes);
-    let endpoint = active.endpoint();
-    match forward::send(&endpoint.pool, upstream_req, connect_timeout).await {
-        Ok((response, conn)) => {
-            let done = Completion {
-                status: response.status().as_u16(),
-                response_bytes: 0,
-                active,
-                conn: Some(conn),
-                start,
-                flags: ResponseFlags::NONE,
-                request_bytes,
-            };
-            proxied(response, done)
-        }
-        Err(error) => {
-            let (flags, reason) = error.classify();
-            tracing::debug!(upstream = %endpoint.addr, %error, "upstream request failed");
-            let reply = LocalReply::upstream_reset(flags, reason);
-            reply.into_response(&endpoint.registry, endpoint.metrics.labels(), start, request_bytes.total())
-        }
-    }
-}
-
-/// The downstream response for an upstream one: hop-by-hop headers
-/// removed, `x-envoy-upstream-service-time` added, the body streamed
-/// through with `done` running at its end.
-fn proxied(response: Response<Incoming>, mut done: Completion) -> Response<ProxyBody> {
-    let (mut parts, inner) = response.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers, false);
-    let service_ms = done.start.elapsed().as_millis() as u64;
-    parts.headers.insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::service_time(service_ms));
-    done.response_bytes = headers::STATUS_LINE_BYTES + headers::block_bytes(&parts.headers);
-    Response::from_parts(parts, ProxyBody::Upstream { inner, done: Some(done) })
+    let ex = Exchange { cluster, route, hash, set_cookie, start, request_bytes, grpc };
+    exchange::run(ex, upstream_req).await
 }
 
 /// Finds the cluster for `req`, or the local reply to send instead (with
@@ -97,7 +74,7 @@ fn route(
     snapshot: &Snapshot,
     downstream: &Downstream,
     req: &Request<Incoming>,
-) -> Result<usize, Box<(LocalReply, DestinationLabels)>> {
+) -> Result<(usize, Arc<RoutePolicy>), Refusal> {
     let Some(authority) = authority(req) else {
         let unknown = DestinationLabels::for_service("unknown", "unknown", "unknown");
         return Err(Box::new((LocalReply::bad_request("missing host header"), unknown)));
@@ -122,7 +99,7 @@ fn route(
         },
     };
     match forward.pick(fastrand::u32(..)).map(|d| &d.cluster) {
-        Some(ClusterRef::Known(id)) => Ok(id.0 as usize),
+        Some(ClusterRef::Known(id)) => Ok((id.0 as usize, forward.policy.clone())),
         Some(ClusterRef::Missing { service, .. }) => {
             let labels = DestinationLabels::for_service(&service.host, &service.name, &service.namespace);
             Err(Box::new((LocalReply::no_cluster(), labels)))
@@ -172,6 +149,11 @@ fn normalize_path<B>(req: &mut Request<B>) {
     if let Ok(uri) = Uri::from_parts(parts) {
         *req.uri_mut() = uri;
     }
+}
+
+/// Whether the request is gRPC (`content-type: application/grpc*`).
+fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// The request's authority: `:authority` (HTTP/2, absolute-form) or `Host`.

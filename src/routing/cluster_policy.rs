@@ -68,7 +68,7 @@ pub struct CircuitBreakers {
 }
 
 /// Per-connection behaviour of the upstream pool.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSettings {
     /// `http.maxRequestsPerConnection`; `None` = unlimited (0).
     pub max_requests_per_connection: Option<u32>,
@@ -98,7 +98,8 @@ pub struct OutlierConfig {
     /// `consecutiveGatewayErrors`: absent or 0 ⇒ disabled.
     pub consecutive_gateway_failure: Option<u32>,
     /// `consecutiveLocalOriginFailures`: only with
-    /// `split_external_local_origin_errors`; absent ⇒ 5, 0 ⇒ disabled.
+    /// `split_external_local_origin_errors`; absent or 0 ⇒ Envoy's 5
+    /// (istiod sets the field only when positive).
     pub consecutive_local_origin_failure: Option<u32>,
     /// `splitExternalLocalOriginErrors`: connect failures, timeouts and
     /// resets feed only the local-origin counter.
@@ -284,7 +285,7 @@ impl OutlierConfig {
             consecutive_5xx: enabled(od.consecutive_5xx_errors.unwrap_or(5)),
             consecutive_gateway_failure: od.consecutive_gateway_errors.and_then(enabled),
             consecutive_local_origin_failure: if split {
-                enabled(od.consecutive_local_origin_failures.unwrap_or(5))
+                Some(od.consecutive_local_origin_failures.filter(|v| *v > 0).unwrap_or(5))
             } else {
                 None
             },
@@ -292,16 +293,9 @@ impl OutlierConfig {
             interval: od.interval.filter(|d| !d.is_zero()).map_or(Duration::from_secs(10), |d| d.as_std()),
             base_ejection_time: base,
             max_ejection_time: base.max(Duration::from_secs(300)),
-            max_ejection_percent: od
-                .max_ejection_percent
-                .filter(|p| *p > 0)
-                .map_or(10, |p| p.min(100) as u32),
+            max_ejection_percent: od.max_ejection_percent.filter(|p| *p > 0).map_or(10, |p| p.min(100) as u32),
             min_health_percent: od.min_health_percent.map_or(0, |p| p.clamp(0, 100) as u32),
-            error_codes: od
-                .outlier_detection_http_error_codes
-                .iter()
-                .filter_map(|c| u16::try_from(*c).ok())
-                .collect(),
+            error_codes: od.outlier_detection_http_error_codes.iter().filter_map(|c| u16::try_from(*c).ok()).collect(),
         }
     }
 

@@ -113,7 +113,11 @@ fn default_route(registry: &Registry<'_>, service: &Service<'_>) -> Route {
         Some(id) => ClusterRef::Known(id),
         None => ClusterRef::Missing { name: name.into(), service: service.meta.clone() },
     };
-    let forward = Forward { destinations: vec![WeightedDestination { weight: 100, cluster }], total_weight: 100 };
+    let forward = Forward {
+        destinations: vec![WeightedDestination { weight: 100, cluster }],
+        total_weight: 100,
+        policy: Default::default(),
+    };
     Route { name: Arc::from("default"), matcher: None, action: Action::Forward(forward) }
 }
 

@@ -31,8 +31,8 @@ mod services;
 mod testutil;
 
 pub use cluster_policy::{
-    CircuitBreakers, ClusterPolicy, HashKey, HashPolicy, HashTableKind, Keepalive, LbPolicy, OutlierConfig, PoolSettings,
-    Warmup, UNLIMITED,
+    CircuitBreakers, ClusterPolicy, HashKey, HashPolicy, HashTableKind, Keepalive, LbPolicy, OutlierConfig,
+    PoolSettings, Warmup, UNLIMITED,
 };
 pub use compile::compile;
 pub use host_index::HostIndex;
@@ -95,6 +95,8 @@ pub struct Forward {
     pub destinations: Vec<WeightedDestination>,
     /// Sum of the weights, > 0.
     pub total_weight: u32,
+    /// Timeout and retries of the HTTPRoute (shared by its match blocks).
+    pub policy: Arc<retry::RoutePolicy>,
 }
 
 #[derive(Debug)]

@@ -20,6 +20,7 @@ use crate::config::resources::{Destination, HttpMatchRequest, HttpRoute, Resourc
 use crate::config::{host, Config, Problem};
 
 use super::compile::warn;
+use super::retry::RoutePolicy;
 use super::services::{cluster_name, service_meta, Registry};
 use super::{Action, ClusterRef, Forward, RequestMatch, Route, WeightedDestination};
 
@@ -53,6 +54,7 @@ pub(super) fn vs_routes(
             continue;
         }
         let destinations = destinations(ctx, vs, i, http, warnings);
+        let policy = Arc::new(RoutePolicy::from_istio(http));
         for (name, matcher) in blocks {
             if truncated_at.is_some() {
                 discarded += 1;
@@ -67,7 +69,7 @@ pub(super) fn vs_routes(
                 .iter()
                 .map(|(weight, cluster)| WeightedDestination { weight: *weight, cluster: cluster.clone() })
                 .collect();
-            let forward = Forward { destinations, total_weight: *total_weight };
+            let forward = Forward { destinations, total_weight: *total_weight, policy: policy.clone() };
             routes.push(Route { name: name.into(), matcher, action: Action::Forward(forward) });
         }
     }

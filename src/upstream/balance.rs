@@ -11,14 +11,29 @@
 //!   over each cycle; one atomic increment per pick).
 //! - `RANDOM` draws by weight.
 //!
+//! - Slow start (Envoy's `slow_start_config`): while an endpoint that
+//!   joined a live cluster is inside its warm-up window, every pick is
+//!   weighted by the effective weights `weight × factor(age)` (see
+//!   [`Warmup::factor`]): power-of-two-choices draws by effective weight
+//!   and compares `active / effective weight`; round robin and random draw
+//!   by effective weight. Outside windows the normal paths run unchanged.
+//! - Retries avoid the hosts already tried, as Envoy's `previous_hosts`
+//!   predicate with `host_selection_retry_max_attempts: 5`: up to five
+//!   picks, the first that is not in `avoid` wins, else the last.
+//!
 //! All picks are lock-free: an atomic counter for round robin, a
 //! thread-local generator (`fastrand`) for the rest.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 use super::endpoint::{Endpoint, EndpointSet};
-use crate::routing::LbPolicy;
+use crate::routing::{LbPolicy, Warmup};
+
+/// Host selections per pick when avoiding previously tried hosts.
+const HOST_SELECTION_ATTEMPTS: usize = 5;
 
 /// Per-cluster balancing state that must survive swaps.
 #[derive(Default)]
@@ -30,17 +45,40 @@ pub struct Balancer {
 // === impl Balancer ===
 
 impl Balancer {
-    /// Picks an endpoint from `set`, or `None` when it is empty.
-    pub fn pick<'a>(&self, policy: LbPolicy, set: &'a EndpointSet) -> Option<&'a Arc<Endpoint>> {
+    /// Picks an endpoint from `set`, or `None` when it is empty. Endpoints
+    /// in `avoid` (hosts a retry already tried) are passed over when
+    /// another can be found.
+    pub fn pick<'a>(
+        &self,
+        policy: LbPolicy,
+        set: &'a EndpointSet,
+        avoid: &[Arc<Endpoint>],
+    ) -> Option<&'a Arc<Endpoint>> {
+        let mut picked = self.pick_once(policy, set)?;
+        for _ in 1..HOST_SELECTION_ATTEMPTS {
+            if !avoid.iter().any(|a| Arc::ptr_eq(a, picked)) {
+                break;
+            }
+            picked = self.pick_once(policy, set)?;
+        }
+        Some(picked)
+    }
+
+    fn pick_once<'a>(&self, policy: LbPolicy, set: &'a EndpointSet) -> Option<&'a Arc<Endpoint>> {
         let endpoints = &set.endpoints;
         match endpoints.len() {
             0 => None,
             1 => endpoints.first(),
-            n => match policy {
-                LbPolicy::RoundRobin => self.round_robin(set, n),
-                LbPolicy::Random => random(set, n),
-                LbPolicy::LeastRequest | LbPolicy::Passthrough => least_request(set, n),
-            },
+            n => {
+                if let Some(warmup) = set.warming() {
+                    return warming(policy, set, warmup, n);
+                }
+                match policy {
+                    LbPolicy::RoundRobin => self.round_robin(set, n),
+                    LbPolicy::Random => random(set, n),
+                    LbPolicy::LeastRequest | LbPolicy::Passthrough => least_request(set, n),
+                }
+            }
         }
     }
 
@@ -82,6 +120,34 @@ fn least_request(set: &EndpointSet, n: usize) -> Option<&Arc<Endpoint>> {
     Some(if load_a <= load_b { ea } else { eb })
 }
 
+/// A pick while some endpoint warms up: draws by effective weight (O(n),
+/// only inside warm-up windows).
+fn warming<'a>(policy: LbPolicy, set: &'a EndpointSet, warmup: &Warmup, n: usize) -> Option<&'a Arc<Endpoint>> {
+    let now = Instant::now();
+    let weight = |e: &Endpoint| {
+        let factor = e.added.map_or(1.0, |added| warmup.factor(now.saturating_duration_since(added)));
+        f64::from(e.weight) * factor
+    };
+    let total: f64 = set.endpoints.iter().map(|e| weight(e)).sum();
+    let draw = || {
+        let mut point = fastrand::f64() * total;
+        for (i, e) in set.endpoints.iter().enumerate() {
+            point -= weight(e);
+            if point < 0.0 {
+                return i;
+            }
+        }
+        n - 1
+    };
+    let a = set.endpoints.get(draw())?;
+    if !matches!(policy, LbPolicy::LeastRequest | LbPolicy::Passthrough) {
+        return Some(a);
+    }
+    let b = set.endpoints.get(draw())?;
+    let load = |e: &Endpoint| f64::from(e.active_requests() + 1) / weight(e).max(f64::MIN_POSITIVE);
+    Some(if load(a) <= load(b) { a } else { b })
+}
+
 /// Index of the endpoint whose weight interval contains `point`.
 fn by_weight(set: &EndpointSet, point: u64) -> usize {
     set.cumulative.partition_point(|&end| end <= point).min(set.endpoints.len().saturating_sub(1))
@@ -104,14 +170,14 @@ mod tests {
                 Arc::new(Endpoint::new(addr, *w, Default::default(), &service, &metrics))
             })
             .collect();
-        EndpointSet::new(endpoints)
+        EndpointSet::new(endpoints, None)
     }
 
     fn counts(policy: LbPolicy, set: &EndpointSet, picks: usize) -> Vec<usize> {
         let balancer = Balancer::default();
         let mut counts = vec![0; set.endpoints.len()];
         for _ in 0..picks {
-            let e = balancer.pick(policy, set).unwrap();
+            let e = balancer.pick(policy, set, &[]).unwrap();
             let i = set.endpoints.iter().position(|x| Arc::ptr_eq(x, e)).unwrap();
             counts[i] += 1;
         }
@@ -144,8 +210,47 @@ mod tests {
     }
 
     #[test]
+    fn retries_avoid_tried_hosts() {
+        let s = set(&[1, 1]);
+        let balancer = Balancer::default();
+        // Five draws between two hosts all landing on the avoided one
+        // happen once in 32 picks.
+        let avoided = (0..1000)
+            .filter(|_| Arc::ptr_eq(balancer.pick(LbPolicy::Random, &s, &s.endpoints[..1]).unwrap(), &s.endpoints[0]))
+            .count();
+        assert!(avoided < 80, "the tried host came back {avoided} times in 1000 (expected about 31)");
+        // The only host is picked even when tried.
+        let one = set(&[1]);
+        assert!(balancer.pick(LbPolicy::RoundRobin, &one, &one.endpoints).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_start_ramps_a_new_endpoint_up() {
+        let metrics = Metrics::new(SourceLabels::unknown()).unwrap();
+        let service = ServiceMeta { host: "h".into(), name: "h".into(), namespace: "ns".into() };
+        let old = Arc::new(Endpoint::new("127.0.0.1:1".parse().unwrap(), 1, Default::default(), &service, &metrics));
+        let new = Arc::new(
+            Endpoint::new("127.0.0.1:2".parse().unwrap(), 1, Default::default(), &service, &metrics)
+                .added_at(Instant::now()),
+        );
+        let warmup =
+            Warmup { duration: std::time::Duration::from_secs(100), min_weight_percent: 10.0, aggression: 1.0 };
+        let s = EndpointSet::new(vec![old, new], Some(warmup));
+        // At age 0 the new endpoint has 10 % of a full weight: ~1/11 of picks.
+        let c = counts(LbPolicy::RoundRobin, &s, 11_000);
+        assert!((700..1_300).contains(&c[1]), "{c:?}");
+        // Half way: factor 0.5, a third of picks.
+        tokio::time::advance(std::time::Duration::from_secs(50)).await;
+        let c = counts(LbPolicy::Random, &s, 9_000);
+        assert!((2_600..3_400).contains(&c[1]), "{c:?}");
+        // After the window: plain round robin, exact halves.
+        tokio::time::advance(std::time::Duration::from_secs(51)).await;
+        assert_eq!(counts(LbPolicy::RoundRobin, &s, 1_000), vec![500, 500]);
+    }
+
+    #[test]
     fn empty_and_single() {
-        assert!(Balancer::default().pick(LbPolicy::LeastRequest, &set(&[])).is_none());
+        assert!(Balancer::default().pick(LbPolicy::LeastRequest, &set(&[]), &[]).is_none());
         assert_eq!(counts(LbPolicy::LeastRequest, &set(&[5]), 10), vec![10]);
     }
 }

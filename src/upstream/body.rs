@@ -18,6 +18,8 @@ pub enum RequestBody {
     /// Streamed, and its bytes counted for `istio_request_bytes` because
     /// the client did not announce a length.
     Counted(Incoming, Arc<AtomicU64>),
+    /// A body read whole and kept, sent again by retries.
+    Replay(Option<Bytes>),
 }
 
 // === impl RequestBody ===
@@ -29,6 +31,7 @@ impl Body for RequestBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
+            RequestBody::Replay(body) => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
             RequestBody::Streamed(inner) => Pin::new(inner).poll_frame(cx),
             RequestBody::Counted(inner, count) => {
                 let polled = Pin::new(inner).poll_frame(cx);
@@ -45,6 +48,7 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Empty => true,
+            RequestBody::Replay(body) => body.is_none(),
             RequestBody::Streamed(inner) | RequestBody::Counted(inner, _) => inner.is_end_stream(),
         }
     }
@@ -52,6 +56,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             RequestBody::Empty => SizeHint::with_exact(0),
+            RequestBody::Replay(body) => SizeHint::with_exact(body.as_ref().map_or(0, |b| b.len() as u64)),
             RequestBody::Streamed(inner) | RequestBody::Counted(inner, _) => inner.size_hint(),
         }
     }

@@ -5,10 +5,13 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 use crate::config::resources::Labels;
 use crate::metrics::{Metrics, RequestMetricsCache};
-use crate::routing::ServiceMeta;
+use crate::routing::{ServiceMeta, Warmup};
 
+use super::outlier::OutlierState;
 use super::pool::ConnectionPool;
 
 /// An endpoint: address, weight, labels, and live state.
@@ -22,10 +25,16 @@ pub struct Endpoint {
     active: AtomicU32,
     /// Idle keep-alive connections.
     pub pool: ConnectionPool,
+    /// Consecutive-error counters and ejection state; lives with the
+    /// endpoint so it survives configuration swaps that keep it.
+    pub outlier: OutlierState,
     /// Resolved metric handles for requests served by this endpoint.
     pub metrics: RequestMetricsCache,
     /// The registry the handles belong to (for rare label sets).
     pub registry: Arc<Metrics>,
+    /// When the endpoint joined a live cluster, for slow start; `None` for
+    /// the cluster's first endpoints, which take full traffic at once.
+    pub added: Option<Instant>,
 }
 
 /// A request in flight on an endpoint; dropping it ends the request.
@@ -41,6 +50,9 @@ pub struct EndpointSet {
     pub weighted: bool,
     /// Running sums of weights, for weighted random picks.
     pub cumulative: Vec<u64>,
+    /// Slow start, while some endpoint is inside its window: the policy
+    /// and the instant the last window ends.
+    pub warmup: Option<(Warmup, Instant)>,
 }
 
 // === impl Endpoint ===
@@ -62,9 +74,17 @@ impl Endpoint {
             labels,
             active: AtomicU32::new(0),
             pool: ConnectionPool::new(addr),
+            outlier: OutlierState::new(),
             metrics: metrics.cache(Arc::new(destination)),
             registry: metrics.clone(),
+            added: None,
         }
+    }
+
+    /// Marks the endpoint as joining a live cluster at `at` (slow start).
+    pub fn added_at(mut self, at: Instant) -> Self {
+        self.added = Some(at);
+        self
     }
 
     /// Whether this endpoint can stand for a new spec unchanged.
@@ -100,7 +120,9 @@ impl Drop for ActiveRequest {
 // === impl EndpointSet ===
 
 impl EndpointSet {
-    pub fn new(endpoints: Vec<Arc<Endpoint>>) -> Self {
+    /// The set of `endpoints`; with `warmup`, endpoints added less than
+    /// its duration ago get slow start.
+    pub fn new(endpoints: Vec<Arc<Endpoint>>, warmup: Option<Warmup>) -> Self {
         let weighted = endpoints.windows(2).any(|w| w[0].weight != w[1].weight);
         let mut sum = 0u64;
         let cumulative = endpoints
@@ -110,7 +132,16 @@ impl EndpointSet {
                 sum
             })
             .collect();
-        EndpointSet { endpoints, weighted, cumulative }
+        let warmup = warmup.and_then(|w| {
+            let until = endpoints.iter().filter_map(|e| e.added).max()? + w.duration;
+            (until > Instant::now()).then_some((w, until))
+        });
+        EndpointSet { endpoints, weighted, cumulative, warmup }
+    }
+
+    /// The slow-start policy if some endpoint is still warming up now.
+    pub fn warming(&self) -> Option<&Warmup> {
+        self.warmup.as_ref().filter(|(_, until)| Instant::now() < *until).map(|(w, _)| w)
     }
 
     pub fn total_weight(&self) -> u64 {

@@ -10,12 +10,13 @@
 //! requests in flight keep their endpoint alive until they finish).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 mod balance;
 pub mod body;
 mod cluster;
+mod cluster_state;
 mod connect;
 mod dns;
 mod endpoint;
@@ -23,20 +24,33 @@ pub mod hash;
 pub mod outlier;
 mod pool;
 pub mod resources;
+pub mod stats;
+mod sweep;
 
 pub use body::RequestBody;
-pub use cluster::{Cluster, ClusterState};
+pub use cluster::{Cluster, ClusterState, Picked};
 pub use connect::ConnectError;
 pub use endpoint::{ActiveRequest, Endpoint, EndpointSet};
-pub use pool::{Checkout, ConnectionPool};
+pub use pool::{Checkout, ConnectionPool, PoolError, PooledConn};
+pub use resources::{ClusterResources, RequestSlot, ResourceStats, RetrySlot};
 
-use crate::metrics::Metrics;
+use crate::metrics::{ClusterSample, ClusterStatsSource, Metrics};
 use crate::routing::ClusterSpec;
+
+/// How often idle upstream connections are checked against their idle
+/// timeout (checkouts also skip expired ones).
+const IDLE_SWEEP: Duration = Duration::from_secs(5);
 
 /// All clusters, by name.
 pub struct Upstreams {
-    /// Touched only on reload (never on the request path, which holds
-    /// `Arc<Cluster>`s from the snapshot).
+    /// The cluster map, shared with the metrics collector and the idle
+    /// sweep (both hold it weakly).
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Touched only on reload, scrape and idle sweep (never on the request
+    /// path, which holds `Arc<Cluster>`s from the snapshot).
     clusters: Mutex<HashMap<Arc<str>, Arc<Cluster>>>,
     metrics: Arc<Metrics>,
 }
@@ -44,15 +58,24 @@ pub struct Upstreams {
 // === impl Upstreams ===
 
 impl Upstreams {
+    /// An empty set of clusters, bound to the `envoy_cluster_*` collector;
+    /// inside a runtime, also starts the idle-connection sweep.
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        Upstreams { clusters: Mutex::new(HashMap::new()), metrics }
+        let shared = Arc::new(Shared { clusters: Mutex::new(HashMap::new()), metrics: metrics.clone() });
+        let source: Arc<dyn ClusterStatsSource> = shared.clone();
+        metrics.clusters.bind(Arc::downgrade(&source));
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(sweep_idle(Arc::downgrade(&shared)));
+        }
+        Upstreams { shared }
     }
 
     /// Brings the cluster set in line with `specs`; returns the clusters in
     /// the order of `specs` (so `ClusterId(i)` indexes the result).
     pub fn reconcile(&self, specs: &[ClusterSpec]) -> Vec<Arc<Cluster>> {
-        let Ok(mut clusters) = self.clusters.lock() else {
-            return specs.iter().map(|s| Cluster::new(s, &self.metrics)).collect();
+        let metrics = &self.shared.metrics;
+        let Ok(mut clusters) = self.shared.clusters.lock() else {
+            return specs.iter().map(|s| Cluster::new(s, metrics)).collect();
         };
         let mut next = HashMap::with_capacity(specs.len());
         let out = specs
@@ -63,7 +86,7 @@ impl Upstreams {
                         existing.update(spec);
                         existing
                     }
-                    None => Cluster::new(spec, &self.metrics),
+                    None => Cluster::new(spec, metrics),
                 };
                 next.insert(spec.name.clone(), cluster.clone());
                 cluster
@@ -84,5 +107,36 @@ impl Upstreams {
             }
         };
         let _ = tokio::time::timeout(timeout, all).await;
+    }
+}
+
+// === impl Shared ===
+
+impl Shared {
+    fn clusters(&self) -> Vec<Arc<Cluster>> {
+        self.clusters.lock().map(|c| c.values().cloned().collect()).unwrap_or_default()
+    }
+}
+
+impl ClusterStatsSource for Shared {
+    fn samples(&self) -> Vec<ClusterSample> {
+        let mut samples: Vec<_> = self.clusters().iter().map(|c| c.sample()).collect();
+        samples.sort_by(|a, b| a.name.cmp(&b.name));
+        samples
+    }
+}
+
+/// Closes idle connections past their idle timeout, every [`IDLE_SWEEP`],
+/// for as long as the clusters exist.
+async fn sweep_idle(shared: Weak<Shared>) {
+    let mut ticks = tokio::time::interval(IDLE_SWEEP);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(shared) = shared.upgrade() else { return };
+        let now = tokio::time::Instant::now();
+        for cluster in shared.clusters() {
+            cluster.evict_idle(now);
+        }
     }
 }

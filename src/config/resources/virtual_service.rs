@@ -361,7 +361,7 @@ impl HttpRoute {
     /// The fields whose behaviour a later part of meshd implements; loading
     /// mentions them once per resource ("parsed, not applied yet").
     pub fn unapplied_fields(&self) -> impl Iterator<Item = &'static str> + '_ {
-        let checks: [(&'static str, bool); 10] = [
+        let checks: [(&'static str, bool); 9] = [
             ("redirect", self.redirect.is_some()),
             ("directResponse", self.direct_response.is_some()),
             ("delegate", self.delegate.is_some()),
@@ -370,8 +370,10 @@ impl HttpRoute {
             ("mirror", self.mirror.is_some() || !self.mirrors.is_empty()),
             ("corsPolicy", self.cors_policy.is_some()),
             ("headers", self.headers.is_some() || self.route.iter().any(|d| d.headers.is_some())),
-            ("retries", self.retries.is_some()),
-            ("timeout", self.timeout.is_some()),
+            (
+                "retries.retryRemoteLocalities",
+                self.retries.as_ref().is_some_and(|r| r.retry_remote_localities == Some(true)),
+            ),
         ];
         checks.into_iter().filter(|(_, set)| *set).map(|(name, _)| name)
     }

@@ -20,8 +20,10 @@ struct NotApplied {
     /// TrafficPolicy blocks, at the top level, in `portLevelSettings` and
     /// in subsets alike.
     policy_blocks: &'static [&'static str],
-    /// `loadBalancer` fields (`simple` is applied).
+    /// `loadBalancer` fields.
     load_balancer: &'static [&'static str],
+    /// `connectionPool` fields (the HTTP/2 upstream settings).
+    connection_pool: &'static [&'static str],
     /// ServiceEntry resolutions, with what to say about them.
     resolutions: &'static [(Resolution, &'static str)],
     /// Gateways as a whole.
@@ -31,8 +33,9 @@ struct NotApplied {
 const NOT_APPLIED: NotApplied = NotApplied {
     http_route_fields: true,
     routes: &["tls", "tcp"],
-    policy_blocks: &["connectionPool", "outlierDetection", "tls", "tunnel", "proxyProtocol", "retryBudget"],
-    load_balancer: &["consistentHash", "localityLbSetting", "zoneAwareLbSetting", "warmup", "warmupDurationSecs"],
+    policy_blocks: &["tls", "tunnel", "proxyProtocol", "retryBudget"],
+    load_balancer: &["localityLbSetting", "zoneAwareLbSetting"],
+    connection_pool: &["h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams", "http2KeepAlive"],
     resolutions: &[
         (Resolution::None, "resolution NONE needs sidecar capture; no endpoints until then"),
         (Resolution::DnsRoundRobin, "not applied yet: resolution DNS_ROUND_ROBIN"),
@@ -81,6 +84,8 @@ pub(super) fn collect(config: &Config) -> Vec<Problem> {
 fn policy(policy: &Value, path: &str) -> Vec<String> {
     let mut fields = present(policy, NOT_APPLIED.policy_blocks, path);
     fields.extend(present(&policy["loadBalancer"], NOT_APPLIED.load_balancer, &format!("{path}.loadBalancer")));
+    let http = &policy["connectionPool"]["http"];
+    fields.extend(present(http, NOT_APPLIED.connection_pool, &format!("{path}.connectionPool.http")));
     for port in policy["portLevelSettings"].as_array().into_iter().flatten() {
         fields.extend(self::policy(port, &format!("{path}.portLevelSettings")));
     }
@@ -139,15 +144,15 @@ mod tests {
 
     #[test]
     fn one_warning_per_virtual_service() {
-        let spec = "hosts: [ratings]\nhttp:\n- fault: {abort: {httpStatus: 500}}\n  retries: {attempts: 1}\n  route:\n  - destination: {host: ratings}\n- retries: {attempts: 2}\n  route:\n  - destination: {host: ratings}";
+        let spec = "hosts: [ratings]\nhttp:\n- fault: {abort: {httpStatus: 500}}\n  retries: {attempts: 1}\n  route:\n  - destination: {host: ratings}\n- mirror: {host: ratings}\n  route:\n  - destination: {host: ratings}";
         assert_eq!(
             unapplied(&object("VirtualService", "ratings", spec)),
-            ["VirtualService default/ratings: spec.http: not applied yet: fault, retries"]
+            ["VirtualService default/ratings: spec.http: not applied yet: fault, mirror"]
         );
-        let tcp = "hosts: [a]\nhttp:\n- timeout: 1s\n  route:\n  - destination: {host: a}\ntcp:\n- route:\n  - destination: {host: a}";
+        let tcp = "hosts: [a]\nhttp:\n- fault: {abort: {httpStatus: 500}}\n  timeout: 1s\n  route:\n  - destination: {host: a}\ntcp:\n- route:\n  - destination: {host: a}";
         assert_eq!(
             unapplied(&object("VirtualService", "a", tcp)),
-            ["VirtualService default/a: spec: not applied yet: http.timeout, tcp"]
+            ["VirtualService default/a: spec: not applied yet: http.fault, tcp"]
         );
         assert!(unapplied(&object("VirtualService", "a", "hosts: [a]\nhttp:\n- route:\n  - destination: {host: a}"))
             .is_empty());
@@ -155,11 +160,13 @@ mod tests {
 
     #[test]
     fn destination_rule_policies_beyond_simple_load_balancing() {
-        let spec = "host: a\ntrafficPolicy:\n  loadBalancer: {simple: RANDOM}\n  portLevelSettings:\n  - port: {number: 80}\n    tls: {mode: SIMPLE}\nsubsets:\n- name: v1\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}, loadBalancer: {consistentHash: {useSourceIp: true}}}";
+        let spec = "host: a\ntrafficPolicy:\n  loadBalancer: {simple: RANDOM}\n  portLevelSettings:\n  - port: {number: 80}\n    tls: {mode: SIMPLE}\nsubsets:\n- name: v1\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, http: {h2UpgradePolicy: UPGRADE}}, loadBalancer: {consistentHash: {useSourceIp: true}, localityLbSetting: {enabled: false}}}";
         assert_eq!(
             unapplied(&object("DestinationRule", "a", spec)),
-            ["DestinationRule default/a: spec: not applied yet: trafficPolicy.portLevelSettings.tls, subsets.trafficPolicy.connectionPool, subsets.trafficPolicy.loadBalancer.consistentHash"]
+            ["DestinationRule default/a: spec: not applied yet: trafficPolicy.portLevelSettings.tls, subsets.trafficPolicy.loadBalancer.localityLbSetting, subsets.trafficPolicy.connectionPool.http.h2UpgradePolicy"]
         );
+        let applied = "host: a\ntrafficPolicy:\n  connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}\n  outlierDetection: {consecutive5xxErrors: 1}\n  loadBalancer: {consistentHash: {httpHeaderName: x}, warmupDurationSecs: 10s}";
+        assert!(unapplied(&object("DestinationRule", "a", applied)).is_empty());
         assert!(unapplied(&object("DestinationRule", "a", "host: a\ntrafficPolicy: {loadBalancer: {simple: RANDOM}}"))
             .is_empty());
     }

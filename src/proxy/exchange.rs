@@ -1,0 +1,411 @@
+//! One request's trip upstream, as Envoy's router filter makes it: the
+//! cluster's request slot (circuit breaking), attempts over picked
+//! endpoints, retries with backoff, per-try and route timeouts, and what
+//! each result tells outlier detection.
+//!
+//! ```text
+//! try_request (max_requests) ─▶ attempt n: pick (avoiding tried hosts)
+//!   ─▶ forward::send (pool: idle, pending, connect) ─▶ response headers
+//!   ─▶ retriable? ── yes, budget left ─▶ backoff ─▶ attempt n+1
+//!                └─ no ─▶ stream the response back
+//! ```
+//!
+//! Retry rules (spec §1.12): a retry needs the request again, either handed
+//! back unsent (connect failures; a reused connection found dead) or
+//! rebuilt from a replay copy, kept only when the policy can retry after
+//! sending and the body is at most [`REPLAY_LIMIT`] bytes; it needs a slot
+//! in the cluster's `max_retries` (else the failure is returned with `UO`).
+//! Retries exhausted on a retriable result return it with `URX`. The route
+//! timeout covers every attempt up to the response headers (504 `UT`);
+//! the per-try timeout bounds one attempt and is retried only with `5xx`,
+//! `gateway-error` or `reset`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::HeaderValue;
+use http::{HeaderMap, Method, Request, Response, Uri, Version};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::body::{Completion, ProxyBody, RequestBytes};
+use super::flags::ResponseFlags;
+use super::forward::{self, ForwardError};
+use super::headers;
+use super::local::LocalReply;
+use crate::routing::retry::{Failure, RetryPolicy, RoutePolicy};
+use crate::upstream::outlier::Outcome;
+use crate::upstream::resources::{RequestSlot, RetrySlot};
+use crate::upstream::stats::RouterStats;
+use crate::upstream::{ActiveRequest, Cluster, Endpoint, PooledConn, RequestBody};
+
+/// Request bodies up to this size are kept for retries (Envoy's default
+/// connection buffer limit); larger or unannounced bodies are streamed and
+/// retried only while unsent.
+pub const REPLAY_LIMIT: u64 = 1024 * 1024;
+
+/// What the request path hands over once a cluster is chosen.
+pub struct Exchange {
+    pub cluster: Arc<Cluster>,
+    pub route: Arc<RoutePolicy>,
+    /// The consistent-hash key of the request, when the cluster hashes.
+    pub hash: Option<u64>,
+    /// `Set-Cookie` for a generated hash cookie.
+    pub set_cookie: Option<HeaderValue>,
+    pub start: Instant,
+    pub request_bytes: RequestBytes,
+    /// `content-type: application/grpc*` (gRPC retry conditions apply).
+    pub grpc: bool,
+}
+
+/// The attempts of one exchange; outlives the attempt future so a route
+/// timeout can still see which endpoint was in flight.
+struct Attempts {
+    /// The request to send next: the first one, or one handed back unsent.
+    next: Option<Request<RequestBody>>,
+    /// A copy to rebuild the request from, when it may be replayed.
+    replay: Option<Replay>,
+    /// Hosts already tried, avoided by retries (`previous_hosts`).
+    tried: Vec<Arc<Endpoint>>,
+    /// The endpoint of the attempt in flight.
+    current: Option<Arc<Endpoint>>,
+    /// Attempts started so far (1 for the first).
+    attempt: u32,
+    /// Holds the `max_retries` slot of the retry in flight.
+    retry_slot: Option<RetrySlot>,
+}
+
+/// A request head (and small body) kept to send again.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Option<Bytes>,
+}
+
+/// How an exchange ended. Lives on the stack for one move, so the size
+/// difference between the variants costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
+enum Finished {
+    Proxied { response: Response<Incoming>, conn: PooledConn, active: ActiveRequest, flags: ResponseFlags },
+    Local { reply: LocalReply, endpoint: Option<Arc<Endpoint>> },
+}
+
+/// What to do after a retriable result.
+enum Next {
+    Retry,
+    /// No retry left: return the result with `URX`.
+    Exhausted,
+    /// `max_retries` reached: return the result with `UO`.
+    Overflow,
+    /// The request cannot be sent again (body streamed): return as is.
+    NotReplayable,
+}
+
+/// Runs the exchange and builds the downstream response.
+pub async fn run(ex: Exchange, req: Request<RequestBody>) -> Response<ProxyBody> {
+    let Some(slot) = ex.cluster.resources().try_request() else {
+        return local(&ex, LocalReply::overflow(), None);
+    };
+    let mut attempts = Attempts::new(req);
+    if let Some(retry) = &ex.route.retry {
+        if retry.needs_replay(ex.grpc) {
+            if let Err(reply) = attempts.keep_replay().await {
+                return local(&ex, reply, None);
+            }
+        }
+    }
+    let finished = match ex.route.timeout {
+        None => attempts.run(&ex).await,
+        Some(timeout) => match tokio::time::timeout_at(ex.start + timeout, attempts.run(&ex)).await {
+            Ok(finished) => finished,
+            Err(_) => {
+                RouterStats::inc(&ex.cluster.router_stats().timeout);
+                if let Some(endpoint) = &attempts.current {
+                    ex.cluster.record(endpoint, Outcome::Timeout);
+                }
+                Finished::Local { reply: LocalReply::timeout(), endpoint: attempts.current.take() }
+            }
+        },
+    };
+    match finished {
+        Finished::Proxied { response, conn, active, flags } => proxied(ex, response, conn, active, flags, slot),
+        Finished::Local { reply, endpoint } => local(&ex, reply, endpoint.as_ref()),
+    }
+}
+
+/// Records a local reply against the endpoint tried last (or the cluster's
+/// service) and builds it.
+fn local(ex: &Exchange, reply: LocalReply, endpoint: Option<&Arc<Endpoint>>) -> Response<ProxyBody> {
+    let bytes = ex.request_bytes.total();
+    match endpoint {
+        Some(e) => reply.into_response(&e.registry, e.metrics.labels(), ex.start, bytes),
+        None => {
+            let labels = ex.cluster.service_labels();
+            reply.into_response(ex.cluster.metrics(), &labels, ex.start, bytes)
+        }
+    }
+}
+
+/// The downstream response for an upstream one: hop-by-hop headers
+/// removed, `x-envoy-upstream-service-time` added, the body streamed
+/// through with the bookkeeping at its end.
+fn proxied(
+    ex: Exchange,
+    response: Response<Incoming>,
+    conn: PooledConn,
+    active: ActiveRequest,
+    flags: ResponseFlags,
+    slot: RequestSlot,
+) -> Response<ProxyBody> {
+    let (mut parts, inner) = response.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, false);
+    let service_ms = ex.start.elapsed().as_millis() as u64;
+    parts.headers.insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::service_time(service_ms));
+    if let Some(cookie) = ex.set_cookie {
+        parts.headers.append(http::header::SET_COOKIE, cookie);
+    }
+    let done = Completion {
+        status: parts.status.as_u16(),
+        response_bytes: headers::STATUS_LINE_BYTES + headers::block_bytes(&parts.headers),
+        active,
+        conn: Some(conn),
+        start: ex.start,
+        flags,
+        request_bytes: ex.request_bytes,
+        slot: Some(slot),
+    };
+    Response::from_parts(parts, ProxyBody::Upstream { inner, done: Some(done) })
+}
+
+// === impl Attempts ===
+
+impl Attempts {
+    fn new(req: Request<RequestBody>) -> Self {
+        Attempts { next: Some(req), replay: None, tried: Vec::new(), current: None, attempt: 0, retry_slot: None }
+    }
+
+    /// Keeps a replay copy of the request when its body is small enough:
+    /// the body is read whole first (bounded by [`REPLAY_LIMIT`]).
+    async fn keep_replay(&mut self) -> Result<(), LocalReply> {
+        let Some(req) = self.next.take() else { return Ok(()) };
+        let (parts, body) = req.into_parts();
+        let (body, kept) = match body {
+            RequestBody::Empty => (RequestBody::Empty, Some(None)),
+            RequestBody::Streamed(incoming) if incoming.size_hint().exact().is_some_and(|n| n <= REPLAY_LIMIT) => {
+                let bytes = collect(incoming).await?;
+                (RequestBody::Replay(Some(bytes.clone())), Some(Some(bytes)))
+            }
+            other => (other, None),
+        };
+        if let Some(body) = kept {
+            self.replay = Some(Replay {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                version: parts.version,
+                headers: parts.headers.clone(),
+                body,
+            });
+        }
+        self.next = Some(Request::from_parts(parts, body));
+        Ok(())
+    }
+
+    fn can_send_again(&self) -> bool {
+        self.next.is_some() || self.replay.is_some()
+    }
+
+    /// The request for attempt `self.attempt`.
+    fn request(&mut self) -> Option<Request<RequestBody>> {
+        let mut req = match self.next.take() {
+            Some(req) => req,
+            None => self.replay.as_ref()?.request(),
+        };
+        if self.attempt > 1 {
+            req.headers_mut().insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(self.attempt));
+        }
+        Some(req)
+    }
+
+    async fn run(&mut self, ex: &Exchange) -> Finished {
+        let retry = ex.route.retry.as_ref();
+        loop {
+            self.attempt += 1;
+            let Some(req) = self.request() else {
+                // Unreachable in practice: retries are only decided when a
+                // request is available.
+                return Finished::Local { reply: LocalReply::no_healthy_upstream(), endpoint: self.current.take() };
+            };
+            let Some(pick) = ex.cluster.pick(ex.hash, &self.tried) else {
+                return Finished::Local { reply: LocalReply::no_healthy_upstream(), endpoint: self.current.take() };
+            };
+            let endpoint = pick.endpoint;
+            self.current = Some(endpoint.clone());
+            let active = endpoint.clone().start();
+            let send = forward::send(&endpoint.pool, ex.cluster.resources(), &pick.pool, pick.connect_timeout, req);
+            let per_try = retry.and_then(|r| r.per_try_timeout);
+            let sent = match per_try {
+                None => Ok(send.await),
+                Some(t) => tokio::time::timeout(t, send).await,
+            };
+            let failure = match sent {
+                Ok(Ok((response, conn))) => {
+                    let status = response.status().as_u16();
+                    let grpc_status = grpc_status(response.headers());
+                    ex.cluster.record(&endpoint, Outcome::Response(outlier_status(status, grpc_status)));
+                    let overloaded = response.headers().contains_key(&headers::X_ENVOY_OVERLOADED);
+                    let retriable = retry.is_some_and(|r| r.retry_on_response(status, grpc_status, overloaded));
+                    let flags = match retriable {
+                        false => {
+                            if self.attempt > 1 {
+                                RouterStats::inc(&ex.cluster.router_stats().retry_success);
+                            }
+                            ResponseFlags::NONE
+                        }
+                        true => match self.next_step(ex, retry, &endpoint) {
+                            Next::Retry => {
+                                drop((response, conn, active));
+                                self.backoff(retry).await;
+                                continue;
+                            }
+                            Next::Exhausted => ResponseFlags::URX,
+                            Next::Overflow => ResponseFlags::UO,
+                            Next::NotReplayable => ResponseFlags::NONE,
+                        },
+                    };
+                    return Finished::Proxied { response, conn, active, flags };
+                }
+                Ok(Err(failed)) => {
+                    if let Some(unsent) = failed.unsent {
+                        self.next = Some(unsent);
+                    }
+                    failed.error
+                }
+                Err(_elapsed) => {
+                    RouterStats::inc(&ex.cluster.router_stats().per_try_timeout);
+                    ForwardError::PerTryTimeout
+                }
+            };
+            let Some((outcome, kind)) = failure.outlier_and_retry() else {
+                // Overflow: not counted by outlier detection, not retried.
+                return Finished::Local { reply: LocalReply::overflow(), endpoint: Some(endpoint) };
+            };
+            ex.cluster.record(&endpoint, outcome);
+            let mut reply = failure.reply(self.attempt > 1);
+            if retry.is_some_and(|r| r.retry_on_failure(kind)) {
+                match self.next_step(ex, retry, &endpoint) {
+                    Next::Retry => {
+                        self.backoff(retry).await;
+                        continue;
+                    }
+                    Next::Exhausted => reply.flags |= ResponseFlags::URX,
+                    Next::Overflow => reply.flags |= ResponseFlags::UO,
+                    Next::NotReplayable => {}
+                }
+            }
+            return Finished::Local { reply, endpoint: Some(endpoint) };
+        }
+    }
+
+    /// Decides whether a retriable result is retried, taking a retry slot.
+    fn next_step(&mut self, ex: &Exchange, retry: Option<&RetryPolicy>, endpoint: &Arc<Endpoint>) -> Next {
+        let Some(retry) = retry else { return Next::NotReplayable };
+        if self.attempt > retry.num_retries {
+            RouterStats::inc(&ex.cluster.router_stats().retry_limit_exceeded);
+            return Next::Exhausted;
+        }
+        if !self.can_send_again() {
+            return Next::NotReplayable;
+        }
+        let Some(slot) = ex.cluster.resources().try_retry() else { return Next::Overflow };
+        self.retry_slot = Some(slot);
+        RouterStats::inc(&ex.cluster.router_stats().retry);
+        if retry.previous_hosts && ex.hash.is_none() {
+            self.tried.push(endpoint.clone());
+        }
+        Next::Retry
+    }
+
+    async fn backoff(&self, retry: Option<&RetryPolicy>) {
+        if let Some(retry) = retry {
+            let wait = retry.backoff(self.attempt);
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+// === impl Replay ===
+
+impl Replay {
+    fn request(&self) -> Request<RequestBody> {
+        let mut req = Request::new(RequestBody::Replay(self.body.clone()));
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
+}
+
+// === impl ForwardError ===
+
+impl ForwardError {
+    /// What the failure tells outlier detection and the retry policy;
+    /// `None` for overflow, which neither counts nor retries.
+    fn outlier_and_retry(&self) -> Option<(Outcome, Failure)> {
+        Some(match self {
+            ForwardError::Overflow => return None,
+            ForwardError::Connect(e) if e.is_timeout() => (Outcome::Timeout, Failure::ConnectFailure),
+            ForwardError::Connect(_) => (Outcome::ConnectFailure, Failure::ConnectFailure),
+            ForwardError::Exchange(_) => (Outcome::Reset, Failure::Reset),
+            ForwardError::PerTryTimeout => (Outcome::Timeout, Failure::PerTryTimeout),
+        })
+    }
+
+    fn reply(&self, retried: bool) -> LocalReply {
+        match self {
+            ForwardError::PerTryTimeout => LocalReply::timeout(),
+            other => {
+                let (flags, reason) = other.classify();
+                LocalReply::upstream_reset(flags, reason, retried)
+            }
+        }
+    }
+}
+
+/// Reads a request body whole (it is known to be small).
+async fn collect(body: Incoming) -> Result<Bytes, LocalReply> {
+    match body.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(_) => Err(LocalReply::bad_request("request body ended early")),
+    }
+}
+
+/// `grpc-status` from response headers (a trailers-only gRPC response).
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// The status outlier detection sees: gRPC statuses map to HTTP as Envoy's
+/// `Grpc::Utility::grpcToHttpStatus` does.
+fn outlier_status(status: u16, grpc_status: Option<u32>) -> u16 {
+    match grpc_status {
+        None | Some(0) => status,
+        Some(1) => 499,
+        Some(3 | 9 | 11) => 400,
+        Some(4) => 504,
+        Some(5) => 404,
+        Some(6 | 10) => 409,
+        Some(7) => 403,
+        Some(8) => 429,
+        Some(12) => 501,
+        Some(14) => 503,
+        Some(16) => 401,
+        Some(_) => 500,
+    }
+}

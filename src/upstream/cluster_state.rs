@@ -1,0 +1,104 @@
+//! One immutable, consistent view of a cluster: its spec, all endpoints,
+//! the healthy ones the balancer uses, and the consistent-hash table over
+//! them.
+//!
+//! A new state is built on every change (configuration, DNS answer,
+//! ejection, return from ejection); all are rare next to requests, which
+//! only read. Health follows Envoy (spec §2.7–2.8): ejected endpoints leave
+//! the healthy set unless the healthy share falls below `minHealthPercent`
+//! ("panic"), in which case every endpoint is used; with the Istio default
+//! of 0 an all-ejected cluster has no healthy endpoint and answers 503 `UH`.
+//! The hash table is built over the healthy endpoints, so an ejected
+//! endpoint's keys move and nothing else does beyond what the algorithm
+//! implies.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+
+use super::endpoint::{Endpoint, EndpointSet};
+use super::hash::HashTable;
+use super::outlier;
+use crate::metrics::Metrics;
+use crate::routing::{ClusterSpec, EndpointSpec};
+
+/// One consistent view of a cluster.
+pub struct ClusterState {
+    pub spec: ClusterSpec,
+    /// Every endpoint, ejected or not.
+    pub endpoints: EndpointSet,
+    /// What balancing picks from: the endpoints not ejected, or all of
+    /// them in panic.
+    pub healthy: EndpointSet,
+    /// Whether the healthy share is below `minHealthPercent`.
+    pub panic: bool,
+    /// Consistent-hash table over `healthy`, when the policy hashes.
+    pub hash: Option<HashTable>,
+    /// Addresses found by DNS, kept across swaps that keep the same names.
+    pub(super) resolved: Vec<EndpointSpec>,
+}
+
+// === impl ClusterState ===
+
+impl ClusterState {
+    /// Builds the endpoint set of `spec` plus `resolved`, reusing endpoints
+    /// of `previous` that are unchanged (with their pools, counters and
+    /// ejection state). Endpoints new to a live cluster get slow start.
+    pub(super) fn build(
+        spec: ClusterSpec,
+        resolved: Vec<EndpointSpec>,
+        previous: Option<&EndpointSet>,
+        metrics: &Arc<Metrics>,
+    ) -> Self {
+        let now = Instant::now();
+        let endpoints = spec
+            .endpoints
+            .iter()
+            .chain(resolved.iter())
+            .map(|e| {
+                let kept =
+                    previous.and_then(|p| p.endpoints.iter().find(|old| old.same_as(e.addr, e.weight, &e.labels)));
+                match kept {
+                    Some(kept) => kept.clone(),
+                    None => {
+                        let endpoint = Endpoint::new(e.addr, e.weight, e.labels.clone(), &spec.service, metrics);
+                        Arc::new(if previous.is_some() { endpoint.added_at(now) } else { endpoint })
+                    }
+                }
+            })
+            .collect();
+        Self::with_health(spec, endpoints, resolved)
+    }
+
+    /// The same cluster with health re-read from the endpoints (after an
+    /// ejection or a return).
+    pub(super) fn refreshed(&self) -> Self {
+        Self::with_health(self.spec.clone(), self.endpoints.endpoints.clone(), self.resolved.clone())
+    }
+
+    fn with_health(spec: ClusterSpec, endpoints: Vec<Arc<Endpoint>>, resolved: Vec<EndpointSpec>) -> Self {
+        let warmup = spec.policy.warmup;
+        let total = endpoints.len();
+        let up: Vec<Arc<Endpoint>> = endpoints.iter().filter(|e| !e.outlier.is_ejected()).cloned().collect();
+        let min_health = spec.policy.outlier.as_ref().map_or(0, |o| o.min_health_percent);
+        let panic = outlier::panic(up.len(), total, min_health);
+        let healthy = if panic || up.len() == total { endpoints.clone() } else { up };
+        let hash = spec.policy.hash.as_ref().and_then(|h| {
+            let hosts: Vec<_> = healthy.iter().map(|e| (e.addr, e.weight)).collect();
+            HashTable::build(h.table, &hosts)
+        });
+        ClusterState {
+            endpoints: EndpointSet::new(endpoints, warmup),
+            healthy: EndpointSet::new(healthy, warmup),
+            panic,
+            hash,
+            spec,
+            resolved,
+        }
+    }
+
+    /// Endpoints not ejected.
+    pub fn healthy_count(&self) -> usize {
+        self.endpoints.endpoints.iter().filter(|e| !e.outlier.is_ejected()).count()
+    }
+}
