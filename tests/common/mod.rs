@@ -1064,3 +1064,169 @@ impl ConfigMapDir {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Programmable upstreams (resilience tests)
+// ---------------------------------------------------------------------------
+
+/// What a [`Programmable`] upstream does with each request. Requests are
+/// numbered from 1 in arrival order.
+#[derive(Clone, Debug)]
+pub enum Behaviour {
+    /// 200 at once.
+    Ok,
+    /// Every request answers `status` at once.
+    Status(u16),
+    /// Request number `n` answers `status` when `n` is a multiple of
+    /// `every`, else 200 (`every: 2` fails the 2nd, 4th, …).
+    FailEvery { every: usize, status: u16 },
+    /// Holds every request for `delay`, then answers 200.
+    Slow(Duration),
+    /// Holds the first `n` requests for `delay` each; later ones answer 200
+    /// at once.
+    SlowFirst { n: usize, delay: Duration },
+}
+
+/// The shared state of a [`Programmable`] upstream.
+struct ProgrammableState {
+    name: String,
+    behaviour: Mutex<Behaviour>,
+    hits: AtomicUsize,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    heads: Mutex<Vec<HeaderMap>>,
+}
+
+/// Counts a request in flight until dropped (the proxy may reset the
+/// connection and so drop the handler before it finishes).
+struct InFlight(Arc<ProgrammableState>);
+
+impl InFlight {
+    fn enter(state: &Arc<ProgrammableState>) -> InFlight {
+        let now = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        state.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A hyper HTTP/1.1 upstream whose behaviour can be changed while it runs
+/// ([`Programmable::set`]). Every response carries `x-echo-name: <name>`
+/// (so [`Mesh::tally`] and [`Resp::echo_name`] see who answered, errors
+/// included) and `x-hit: <request number>`; the body is `<name> <n>`. It
+/// records every request head, the number of requests, and the current and
+/// highest number of requests in flight at once.
+pub struct Programmable {
+    pub addr: SocketAddr,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
+    state: Arc<ProgrammableState>,
+}
+
+/// Starts a [`Programmable`] upstream named `name` doing `behaviour`.
+pub async fn programmable(name: &str, behaviour: Behaviour) -> Programmable {
+    let state = Arc::new(ProgrammableState {
+        name: name.to_owned(),
+        behaviour: Mutex::new(behaviour),
+        hits: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
+        max_in_flight: AtomicUsize::new(0),
+        heads: Mutex::new(Vec::new()),
+    });
+    let shared = state.clone();
+    let up = upstream(move |req: Request<Incoming>| {
+        let state = shared.clone();
+        async move {
+            let _in_flight = InFlight::enter(&state);
+            let n = state.hits.fetch_add(1, Ordering::SeqCst) + 1;
+            state.heads.lock().unwrap().push(req.headers().clone());
+            let behaviour = state.behaviour.lock().unwrap().clone();
+            let status = match behaviour {
+                Behaviour::Ok => 200,
+                Behaviour::Status(status) => status,
+                Behaviour::FailEvery { every, status } => {
+                    if n % every.max(1) == 0 {
+                        status
+                    } else {
+                        200
+                    }
+                }
+                Behaviour::Slow(delay) => {
+                    tokio::time::sleep(delay).await;
+                    200
+                }
+                Behaviour::SlowFirst { n: slow, delay } => {
+                    if n <= slow {
+                        tokio::time::sleep(delay).await;
+                    }
+                    200
+                }
+            };
+            let mut response = Response::new(full(format!("{} {n}", state.name)));
+            *response.status_mut() = StatusCode::from_u16(status).expect("valid status");
+            let headers = response.headers_mut();
+            headers.insert("x-echo-name", HeaderValue::from_str(&state.name).expect("name as header value"));
+            headers.insert("x-hit", HeaderValue::from(n));
+            response
+        }
+    })
+    .await;
+    Programmable { addr: up.addr, connections: up.connections, state }
+}
+
+impl Programmable {
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// Changes what the following requests get.
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.state.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// Requests received so far.
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Requests being handled now.
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The highest number of requests handled at once so far.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The heads of the requests received, in arrival order.
+    pub fn heads(&self) -> Vec<HeaderMap> {
+        self.state.heads.lock().unwrap().clone()
+    }
+
+    /// The `x-envoy-attempt-count` of each request received, in arrival
+    /// order (`None` when absent).
+    pub fn attempt_counts(&self) -> Vec<Option<String>> {
+        self.heads()
+            .iter()
+            .map(|h| h.get("x-envoy-attempt-count").and_then(|v| v.to_str().ok()).map(str::to_owned))
+            .collect()
+    }
+}
+
+/// A DestinationRule for `host` whose `trafficPolicy` is `policy` (YAML
+/// written without indentation).
+pub fn destination_rule_with_policy(name: &str, namespace: &str, host: &str, policy: &str) -> String {
+    object("DestinationRule", name, namespace, &format!("host: {host}\ntrafficPolicy:\n{}", indent(policy, 2)))
+}
+
+/// The Envoy cluster name of a ServiceEntry host's port without subset,
+/// as the `cluster_name` label and `/clusters` show it.
+pub fn cluster_name(host: &str, port: u16) -> String {
+    format!("outbound|{port}||{host}")
+}
