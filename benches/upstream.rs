@@ -1,0 +1,60 @@
+//! Per-request work of the resilience features: consistent-hash picks
+//! (ring and Maglev), the request hash key, and outlier accounting of a
+//! successful response.
+//!
+//! Run: `cargo bench --bench upstream` (about half a minute).
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::Request;
+use meshd::proxy::hash_key::request_hash;
+use meshd::routing::{HashKey, HashTableKind, OutlierConfig};
+use meshd::upstream::hash::{hash_bytes, HashTable};
+use meshd::upstream::outlier::{Outcome, OutlierState};
+
+fn hosts(n: u16) -> Vec<(SocketAddr, u32)> {
+    (0..n).map(|i| (SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8], 8080)), 1)).collect()
+}
+
+fn hashing(c: &mut Criterion) {
+    let ring = HashTable::build(HashTableKind::Ring { min_ring_size: 1024 }, &hosts(20));
+    let maglev = HashTable::build(HashTableKind::Maglev { table_size: 65537 }, &hosts(20));
+    let (Some(ring), Some(maglev)) = (ring, maglev) else { return };
+    let key = hash_bytes(b"user-1234");
+    c.bench_function("ring_hash_pick_20_hosts", |b| b.iter(|| ring.pick(black_box(key))));
+    c.bench_function("maglev_pick_20_hosts", |b| b.iter(|| maglev.pick(black_box(key))));
+    let req = Request::builder().header("x-user", "user-1234").body(()).unwrap_or_default();
+    let header = HashKey::Header(http::HeaderName::from_static("x-user"));
+    let peer = [10, 1, 2, 3].into();
+    c.bench_function("request_hash_header", |b| b.iter(|| request_hash(black_box(&header), &req, peer)));
+    c.bench_function("build_maglev_65537_20_hosts", |b| {
+        b.iter(|| HashTable::build(HashTableKind::Maglev { table_size: 65537 }, black_box(&hosts(20))))
+    });
+}
+
+fn outlier(c: &mut Criterion) {
+    let state = OutlierState::new();
+    let config = OutlierConfig {
+        consecutive_5xx: Some(5),
+        consecutive_gateway_failure: Some(5),
+        consecutive_local_origin_failure: None,
+        split_external_local_origin_errors: false,
+        interval: Duration::from_secs(10),
+        base_ejection_time: Duration::from_secs(30),
+        max_ejection_time: Duration::from_secs(300),
+        max_ejection_percent: 10,
+        min_health_percent: 0,
+        error_codes: Vec::new(),
+    };
+    c.bench_function("outlier_record_200", |b| b.iter(|| state.record(black_box(&config), Outcome::Response(200))));
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
+    targets = hashing, outlier
+}
+criterion_main!(benches);
