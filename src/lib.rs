@@ -5,21 +5,36 @@
 //! Data flows top to bottom; each module owns one mechanism.
 //!
 //! - [`config`]: YAML files in (files, directories, multi-document,
-//!   `kind: List`), typed Istio resources, Istio's validation rules, and the
-//!   file watcher that asks for reloads.
+//!   `kind: List`), typed Istio resources, Istio's validation rules (and
+//!   the warnings for fields not applied yet), and the file watcher that
+//!   asks for reloads.
 //! - [`routing`]: compiles a validated [`config::Config`] into an immutable
 //!   [`routing::RouteTable`] (virtual hosts by domain, ordered routes,
-//!   weighted destinations) and one [`routing::ClusterSpec`] per
-//!   `outbound|PORT|SUBSET|HOST` cluster.
+//!   weighted destinations, each route's timeout and retry policy in
+//!   [`routing::retry`]) and one [`routing::ClusterSpec`] per
+//!   `outbound|PORT|SUBSET|HOST` cluster, whose [`routing::ClusterPolicy`]
+//!   is the DestinationRule's traffic policy after Istio's port-level and
+//!   subset overrides, with Istio's and Envoy's defaults applied.
 //! - [`upstream`]: the long-lived, stateful side: clusters and their
-//!   endpoints (static or DNS), balancing, per-endpoint connection pools.
+//!   endpoints (static or DNS), balancing and consistent hashing
+//!   ([`upstream::hash`]), per-endpoint connection pools (`pool`),
+//!   cluster-wide circuit breakers ([`upstream::resources`]), outlier
+//!   detection ([`upstream::outlier`], with the `sweep` task that returns
+//!   ejected endpoints), one immutable `cluster_state` per change, and the
+//!   counters behind Envoy's cluster stats ([`upstream::stats`]).
 //!   Reconciled, not rebuilt, on reload.
 //! - [`snapshot`]: the one value behind the `ArcSwap` that a request reads:
 //!   the route table bound to live clusters.
-//! - [`proxy`]: listeners and the request path (route, pick, forward, stream
-//!   back, local replies with Envoy's response flags).
-//! - [`metrics`]: the Prometheus registry with Istio's standard metrics.
-//! - [`admin`]: `/ready`, `/healthz`, `/stats/prometheus`, `/config_dump`.
+//! - [`proxy`]: listeners and the request path (route, hash key, then the
+//!   router in `exchange`: circuit breaking, attempts, retries, timeouts,
+//!   results to outlier detection; stream back; local replies with Envoy's
+//!   response flags).
+//! - [`metrics`]: the Prometheus registry with Istio's standard metrics,
+//!   and [`metrics::clusters`], Envoy's `envoy_cluster_*` stats collected
+//!   from the live clusters at scrape time.
+//! - [`admin`]: `/ready`, `/healthz`, `/stats/prometheus`, `/config_dump`,
+//!   and `/clusters` (`admin::clusters`: endpoint health and ejections,
+//!   text or JSON).
 //! - [`server`]: wiring and lifecycle (first load, reloads, drain);
 //!   [`signals`] maps SIGHUP and SIGTERM onto it.
 //! - [`echo`] and [`demo`]: the built-in upstream and the quickstart demo.

@@ -2,13 +2,31 @@
 //!
 //! ```text
 //! accept (listener) ─▶ hyper h1/h2 ─▶ service::handle
-//!   ─▶ RouteTable::find ─▶ weighted destination ─▶ Cluster::pick
-//!   ─▶ forward::send (pooled HTTP/1.1 connection)
+//!   ─▶ RouteTable::find ─▶ weighted destination ─▶ cluster + route policy
+//!   ─▶ hash_key (consistent-hash clusters: header, cookie, source IP, query)
+//!   ─▶ exchange::run, the router:
+//!        max_requests slot ─▶ attempt: Cluster::pick (avoiding tried hosts)
+//!        ─▶ forward::send (pooled HTTP/1.1 connection) ─▶ response headers
+//!        ─▶ result to outlier detection ─▶ retriable? backoff, next attempt
 //!   ─▶ response streamed back through body::ProxyBody
 //!   ─▶ at its end: connection back to the pool, metrics recorded
 //! ```
-//! Failures before response headers become local replies (`local`) with Envoy's
-//! status, body and response flag.
+//!
+//! - `service`: routing, the hash key, request preparation (forwarding
+//!   headers, origin-form URI, hop-by-hop headers removed).
+//! - `exchange`: Envoy's router filter. Circuit breaking at the request
+//!   (`max_requests`, 503 `UO` with `x-envoy-overloaded`); retries with
+//!   jittered backoff, `max_retries` slots and previous-host avoidance; the
+//!   route timeout over all attempts and the per-try timeout (504 `UT`);
+//!   `URX` when retries run out; a replay copy of small request bodies when
+//!   the retry policy can retry after sending; each attempt's result
+//!   reported to the cluster's outlier detection.
+//! - `forward`: one attempt on one endpoint; a request that never left
+//!   (connect failure, dead reused connection) is handed back for a retry.
+//! - `local`: failures before response headers become local replies with
+//!   Envoy's status, body and response flag (`flags`).
+//! - `body`: the response body stream and the bookkeeping at its end;
+//!   `headers`, `path`: header and path handling; `listener`: accept loops.
 
 use std::sync::Arc;
 

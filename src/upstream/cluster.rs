@@ -158,7 +158,8 @@ impl Cluster {
         }
     }
 
-    /// The interval sweep of outlier detection (see [`sweep`]).
+    /// The interval sweep of outlier detection: returns endpoints whose
+    /// ejection time is up and decays backoff multipliers.
     pub fn sweep(&self, now: Instant) {
         let state = self.state.load();
         let Some(config) = &state.spec.policy.outlier else { return };

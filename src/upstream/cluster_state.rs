@@ -43,7 +43,8 @@ pub struct ClusterState {
 impl ClusterState {
     /// Builds the endpoint set of `spec` plus `resolved`, reusing endpoints
     /// of `previous` that are unchanged (with their pools, counters and
-    /// ejection state). Endpoints new to a live cluster get slow start.
+    /// ejection state). Endpoints new to a live cluster (one that already
+    /// had endpoints) get slow start; a DNS cluster's first answer does not.
     pub(super) fn build(
         spec: ClusterSpec,
         resolved: Vec<EndpointSpec>,
@@ -51,6 +52,7 @@ impl ClusterState {
         metrics: &Arc<Metrics>,
     ) -> Self {
         let now = Instant::now();
+        let live = previous.is_some_and(|p| !p.endpoints.is_empty());
         let endpoints = spec
             .endpoints
             .iter()
@@ -62,7 +64,7 @@ impl ClusterState {
                     Some(kept) => kept.clone(),
                     None => {
                         let endpoint = Endpoint::new(e.addr, e.weight, e.labels.clone(), &spec.service, metrics);
-                        Arc::new(if previous.is_some() { endpoint.added_at(now) } else { endpoint })
+                        Arc::new(if live { endpoint.added_at(now) } else { endpoint })
                     }
                 }
             })

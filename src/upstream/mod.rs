@@ -1,13 +1,33 @@
-//! The stateful side of routing: clusters, their endpoints, balancing and
-//! connection pools.
+//! The stateful side of routing: clusters, their endpoints, balancing,
+//! connection pools, circuit breakers and outlier detection.
 //!
 //! [`Upstreams`] owns one [`Cluster`] per cluster name. The routing table
 //! is replaced whole on every reload, but clusters are long-lived:
 //! [`Upstreams::reconcile`] keeps every cluster whose name is still
 //! configured (updating its endpoints and policy in place, keeping
-//! connections and counters of endpoints that remain), creates new ones,
-//! and drops removed ones (their idle connections close with them;
-//! requests in flight keep their endpoint alive until they finish).
+//! connections, counters, circuit-breaker counts and ejection state of
+//! endpoints that remain), creates new ones, and drops removed ones (their
+//! idle connections close with them; requests in flight keep their
+//! endpoint alive until they finish).
+//!
+//! - `cluster`: a [`Cluster`] and its writers (reload, DNS answers,
+//!   ejections); a pick reads one immutable [`ClusterState`]
+//!   (`cluster_state`: all endpoints, the healthy ones, panic, the hash
+//!   table) with one atomic load.
+//! - `balance`: `LEAST_REQUEST` (power of two choices), `ROUND_ROBIN`,
+//!   `RANDOM`, weights, slow start, avoidance of hosts a retry already
+//!   tried. [`hash`]: Envoy's ring hash and Maglev tables.
+//! - [`resources`]: the cluster-wide circuit breakers (`max_connections`,
+//!   `max_pending_requests`, `max_requests`, `max_retries`) as RAII slots.
+//! - `pool`: per-endpoint HTTP/1.1 connection pools with Envoy's pending
+//!   queue, connection limits, idle timeout, maximum duration and requests
+//!   per connection; `connect`: TCP connect with timeout and keep-alive.
+//! - [`outlier`]: Envoy's consecutive-error ejection; `sweep`: the task
+//!   that returns ejected endpoints every `interval`.
+//! - [`stats`]: router counters and the per-cluster sample behind the
+//!   `envoy_cluster_*` metrics and the `/clusters` admin page.
+//! - `endpoint`: one endpoint's live state; `dns`: re-resolution of
+//!   `resolution: DNS` hosts; [`body`]: request bodies sent upstream.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
