@@ -104,3 +104,74 @@ impl ClusterState {
         self.endpoints.endpoints.iter().filter(|e| !e.outlier.is_ejected()).count()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::metrics::SourceLabels;
+    use crate::routing::{ClusterPolicy, OutlierConfig, ServiceMeta};
+    use crate::upstream::outlier::{OutlierDetector, Trigger};
+
+    fn spec(min_health_percent: u32) -> ClusterSpec {
+        let outlier = OutlierConfig {
+            consecutive_5xx: Some(1),
+            consecutive_gateway_failure: None,
+            consecutive_local_origin_failure: None,
+            split_external_local_origin_errors: false,
+            interval: Duration::from_secs(10),
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_time: Duration::from_secs(300),
+            max_ejection_percent: 100,
+            min_health_percent,
+            error_codes: Vec::new(),
+        };
+        let endpoints = (1..=3)
+            .map(|i| EndpointSpec { addr: ([127, 0, 0, 1], 9000 + i).into(), weight: 1, labels: Default::default() })
+            .collect();
+        ClusterSpec {
+            name: "outbound|80||a".into(),
+            service: Arc::new(ServiceMeta { host: "a".into(), name: "a".into(), namespace: "ns".into() }),
+            port: 80,
+            subset: None,
+            endpoints,
+            dns: Vec::new(),
+            policy: ClusterPolicy { outlier: Some(outlier), ..ClusterPolicy::default() },
+        }
+    }
+
+    fn eject(detector: &OutlierDetector, state: &ClusterState, i: usize) {
+        let config = state.spec.policy.outlier.as_ref().unwrap();
+        let hosts = state.endpoints.endpoints.iter().map(|e| &e.outlier);
+        let host = &state.endpoints.endpoints[i].outlier;
+        assert!(detector.report(config, hosts, host, Trigger::Consecutive5xx, Instant::now()));
+    }
+
+    #[test]
+    fn ejected_endpoints_leave_the_healthy_set_until_panic() {
+        let metrics = Metrics::new(SourceLabels::unknown()).unwrap();
+        let detector = OutlierDetector::new();
+        let state = ClusterState::build(spec(0), Vec::new(), None, &metrics);
+        assert_eq!(state.healthy.endpoints.len(), 3);
+        eject(&detector, &state, 0);
+        eject(&detector, &state, 1);
+        let state = state.refreshed();
+        assert!(!state.panic);
+        assert_eq!(state.healthy.endpoints.len(), 1);
+        assert_eq!(state.healthy.endpoints[0].addr.port(), 9003);
+        // minHealthPercent 50: one healthy of three is below it, so the
+        // balancer ignores health (panic) and uses all three. The endpoints
+        // (and their ejection) survive the swap.
+        let panicky = ClusterState::build(spec(50), Vec::new(), Some(&state.endpoints), &metrics);
+        assert!(panicky.panic);
+        assert_eq!(panicky.healthy.endpoints.len(), 3);
+        assert_eq!(panicky.healthy_count(), 1);
+        // Threshold 0 (Istio's default): all ejected means no healthy
+        // endpoint at all (503 UH), never panic.
+        eject(&detector, &state, 2);
+        let state = state.refreshed();
+        assert!(!state.panic);
+        assert!(state.healthy.endpoints.is_empty());
+    }
+}
