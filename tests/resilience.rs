@@ -789,3 +789,28 @@ async fn small_bodies_are_replayed_and_large_ones_are_not_retried() {
     assert_eq!(hits.load(Ordering::SeqCst), 3, "no retry for the large body");
     wait_stat_eq(&mesh, "envoy_cluster_upstream_rq_retry", host, 1.0).await;
 }
+
+/// Scenario: no VirtualService timeout, but the client sends
+/// `x-envoy-upstream-rq-timeout-ms: 300` (a sidecar honours Envoy's client
+/// headers, spec §1.11): a 2 s upstream gives 504 `UT` in under 1 s. The
+/// upstream never sees the consumed header, and a request with a route
+/// timeout carries `x-envoy-expected-rq-timeout-ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_timeout_header_is_honoured_and_not_forwarded() {
+    let host = "client-timeout.example.com";
+    let slow = programmable("slow", Behaviour::Slow(Duration::from_secs(2))).await;
+    let mesh = Mesh::with(&service("client-timeout", host, &[slow.addr])).await;
+    let started = Instant::now();
+    let resp = mesh.send(&get(host, "/").header("x-envoy-upstream-rq-timeout-ms", "300")).await;
+    assert_eq!(resp.status, StatusCode::GATEWAY_TIMEOUT, "{}", resp.text());
+    assert_eq!(resp.text(), "upstream request timeout");
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+    let heads = slow.heads();
+    assert_eq!(heads.len(), 1);
+    assert!(heads[0].get("x-envoy-upstream-rq-timeout-ms").is_none(), "consumed, not forwarded");
+    assert_eq!(
+        heads[0].get("x-envoy-expected-rq-timeout-ms").and_then(|v| v.to_str().ok()),
+        Some("300"),
+        "the upstream learns the timeout"
+    );
+}

@@ -110,6 +110,10 @@ pub async fn run(ex: Exchange, req: Request<RequestBody>) -> Response<ProxyBody>
     let Some(slot) = ex.cluster.resources().try_request() else {
         return local(&ex, LocalReply::overflow(), None);
     };
+    let mut req = req;
+    if let Some(ms) = expected_timeout_ms(&ex.route) {
+        req.headers_mut().insert(headers::X_ENVOY_EXPECTED_RQ_TIMEOUT_MS.clone(), HeaderValue::from(ms));
+    }
     let mut attempts = Attempts::new(req);
     if let Some(retry) = &ex.route.retry {
         if retry.needs_replay(ex.grpc) {
@@ -376,6 +380,14 @@ impl ForwardError {
             }
         }
     }
+}
+
+/// `x-envoy-expected-rq-timeout-ms`: the per-try timeout, else the route
+/// timeout, when there is one (Envoy sets it only then).
+fn expected_timeout_ms(route: &RoutePolicy) -> Option<u64> {
+    let per_try = route.retry.as_ref().and_then(|r| r.per_try_timeout);
+    let t = per_try.or(route.timeout)?;
+    Some(u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1))
 }
 
 /// Reads a request body whole (it is known to be small).

@@ -40,6 +40,7 @@ pub mod hash_key;
 pub mod headers;
 pub mod listener;
 mod local;
+mod overrides;
 mod path;
 pub mod service;
 

@@ -16,7 +16,7 @@ use super::exchange::{self, Exchange};
 use super::hash_key::{self, RequestHash};
 use super::headers;
 use super::local::LocalReply;
-use super::{path, Proxy};
+use super::{overrides, path, Proxy};
 use crate::metrics::DestinationLabels;
 use crate::routing::retry::RoutePolicy;
 use crate::routing::{Action, ClusterRef, Lookup, RequestView};
@@ -63,6 +63,7 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
         Some(RequestHash::NewCookie { hash, set_cookie }) => (Some(hash), Some(set_cookie)),
     };
     let grpc = is_grpc(&req);
+    let route = overrides::apply(req.headers_mut(), &route).unwrap_or(route);
     let (upstream_req, request_bytes) = prepare(req, &downstream, head_bytes);
     let ex = Exchange { cluster, route, hash, set_cookie, start, request_bytes, grpc };
     exchange::run(ex, upstream_req).await

@@ -259,7 +259,7 @@ impl RetryPolicy {
 
 /// Splits `retryOn` like Istio's `parseRetryOn`: trimmed, empty tokens
 /// skipped, HTTP status codes apart.
-fn parse_retry_on(list: &str) -> (RetryOn, Vec<u16>) {
+pub fn parse_retry_on(list: &str) -> (RetryOn, Vec<u16>) {
     let mut on = RetryOn::default();
     let mut codes = Vec::new();
     for token in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
