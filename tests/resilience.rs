@@ -814,3 +814,32 @@ async fn client_timeout_header_is_honoured_and_not_forwarded() {
         "the upstream learns the timeout"
     );
 }
+
+/// Scenario: `timeout: 0.5s` and an upstream that sends its headers and a
+/// first chunk at once, then stalls for 3 s: the route timeout covers the
+/// body too (Envoy's does), so the client's response is cut off (a body
+/// error, not a hang) well before the upstream would finish, and the
+/// request is recorded as 200 with flag `UT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_also_bounds_the_response_body() {
+    let host = "slow-body.example.com";
+    let up = upstream(|_req: Request<Incoming>| async move {
+        let (tx, body) = channel_body();
+        tokio::spawn(async move {
+            let _ = tx.send(bytes::Bytes::from_static(b"first")).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let _ = tx.send(bytes::Bytes::from_static(b"rest")).await;
+        });
+        Response::new(body)
+    })
+    .await;
+    let yaml = service("slow-body", host, &[up.addr]) + &route_with("slow-body", host, "timeout: 0.5s\n");
+    let mesh = Mesh::with(&yaml).await;
+    let started = Instant::now();
+    let outcome = try_send(&mesh.client, get(host, "/").build(mesh.addr, empty())).await;
+    let elapsed = started.elapsed();
+    let error = outcome.expect_err("the body must be cut off by the route timeout");
+    assert!(error.contains("response body failed"), "{error}");
+    assert!(elapsed < Duration::from_secs(2), "cut off after {elapsed:?}");
+    mesh.wait_requests(&[("destination_service", host), ("response_code", "200"), ("response_flags", "UT")], 1.0).await;
+}

@@ -7,6 +7,7 @@
 //! ends the endpoint's in-flight count, and records the request's metrics
 //! with its final size and duration.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use super::flags::ResponseFlags;
 use crate::metrics::RequestRecord;
@@ -23,10 +24,21 @@ use crate::upstream::{ActiveRequest, PooledConn, RequestSlot};
 
 /// The downstream response body.
 pub enum ProxyBody {
-    /// A proxied upstream body; `done` runs once at its end.
-    Upstream { inner: Incoming, done: Option<Completion> },
+    /// A proxied upstream body; `done` runs once at its end. With a route
+    /// timeout, `deadline` bounds the body too (Envoy's timeout covers the
+    /// whole response): when it passes first, the stream is reset (`UT`).
+    Upstream { inner: Incoming, done: Option<Completion>, deadline: Option<Pin<Box<Sleep>>> },
     /// A locally generated reply (already recorded).
     Local(Option<Bytes>),
+}
+
+/// Why a proxied body ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Upstream(#[from] hyper::Error),
+    #[error("upstream request timeout")]
+    Timeout,
 }
 
 /// What to do when a proxied exchange ends.
@@ -72,13 +84,20 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
             ProxyBody::Local(body) => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),
-            ProxyBody::Upstream { inner, done } => {
+            ProxyBody::Upstream { inner, done, deadline } => {
                 let polled = Pin::new(inner).poll_frame(cx);
+                if polled.is_pending() && deadline.as_mut().is_some_and(|d| d.as_mut().poll(cx).is_ready()) {
+                    if let Some(mut done) = done.take() {
+                        done.flags |= ResponseFlags::UT;
+                        done.finish(false);
+                    }
+                    return Poll::Ready(Some(Err(BodyError::Timeout)));
+                }
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
                         if let (Some(data), Some(done)) = (frame.data_ref(), done.as_mut()) {
@@ -98,7 +117,7 @@ impl Body for ProxyBody {
                     }
                     Poll::Pending => {}
                 }
-                polled
+                polled.map_err(BodyError::from)
             }
         }
     }
@@ -120,7 +139,7 @@ impl Body for ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        if let ProxyBody::Upstream { inner, done } = self {
+        if let ProxyBody::Upstream { inner, done, .. } = self {
             if let Some(mut done) = done.take() {
                 // Bodies with nothing to read (HEAD, 204, 304, length 0)
                 // are never polled; they completed all the same.

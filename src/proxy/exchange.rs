@@ -16,7 +16,8 @@
 //! sending and the body is at most [`REPLAY_LIMIT`] bytes; it needs a slot
 //! in the cluster's `max_retries` (else the failure is returned with `UO`).
 //! Retries exhausted on a retriable result return it with `URX`. The route
-//! timeout covers every attempt up to the response headers (504 `UT`);
+//! timeout covers every attempt up to the response headers (504 `UT`) and
+//! then the response body (the stream is reset, `UT`);
 //! the per-try timeout bounds one attempt and is retried only with `5xx`,
 //! `gateway-error` or `reset`.
 
@@ -182,7 +183,8 @@ fn proxied(
         request_bytes: ex.request_bytes,
         slot: Some(slot),
     };
-    Response::from_parts(parts, ProxyBody::Upstream { inner, done: Some(done) })
+    let deadline = ex.route.timeout.map(|t| Box::pin(tokio::time::sleep_until(ex.start + t)));
+    Response::from_parts(parts, ProxyBody::Upstream { inner, done: Some(done), deadline })
 }
 
 // === impl Attempts ===
