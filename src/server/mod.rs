@@ -62,8 +62,12 @@ pub struct RunningServer {
     pub admin: Arc<AdminState>,
     /// Asks the reload task for a reload.
     reload: Arc<Notify>,
-    /// `true` starts the drain.
+    /// `true` starts the drain: listeners stop accepting.
     shutdown: watch::Sender<bool>,
+    /// `true` once every listener has drained: the admin API (which must
+    /// keep answering `/ready` with 503 while draining) and the reload task
+    /// stop.
+    stop: watch::Sender<bool>,
     /// Listener tasks (they end after draining), then the admin and reload
     /// tasks.
     listeners: JoinSet<()>,
@@ -109,11 +113,12 @@ impl RunningServer {
         for listener in listeners_bound {
             listeners.spawn(listener::serve(listener, proxy.clone(), shutdown_rx.clone(), options.drain_timeout));
         }
+        let (stop, stop_rx) = watch::channel(false);
         let mut background = JoinSet::new();
-        background.spawn(admin::serve(admin_listener, admin.clone(), shutdown_rx.clone()));
+        background.spawn(admin::serve(admin_listener, admin.clone(), stop_rx.clone()));
 
         let reload = Arc::new(Notify::new());
-        background.spawn(reload_task(reloader, reload.clone(), admin.clone(), shutdown_rx));
+        background.spawn(reload_task(reloader, reload.clone(), admin.clone(), stop_rx));
         let watcher = if options.watch {
             let notify = reload.clone();
             match crate::config::watch::watch(&options.config, move || notify.notify_one()) {
@@ -138,6 +143,7 @@ impl RunningServer {
             admin,
             reload,
             shutdown,
+            stop,
             listeners,
             background,
             _watcher: watcher,
@@ -158,7 +164,7 @@ impl RunningServer {
     /// Waits until every listener has drained, then stops the rest.
     pub async fn wait(mut self) {
         while self.listeners.join_next().await.is_some() {}
-        self.shutdown.send_replace(true);
+        self.stop.send_replace(true);
         self.background.shutdown().await;
         info!("meshd stopped");
     }
