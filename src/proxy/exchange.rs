@@ -10,6 +10,10 @@
 //!                └─ no ─▶ stream the response back
 //! ```
 //!
+//! Futures of the rare paths (replay buffering, timeouts, backoff) are
+//! boxed so that the common path's state machine stays small: hyper moves
+//! it, and every byte of it is copied.
+//!
 //! Retry rules (spec §1.12): a retry needs the request again, either handed
 //! back unsent (connect failures; a reused connection found dead) or
 //! rebuilt from a replay copy, kept only when the policy can retry after
@@ -118,14 +122,14 @@ pub async fn run(ex: Exchange, req: Request<RequestBody>) -> Response<ProxyBody>
     let mut attempts = Attempts::new(req);
     if let Some(retry) = &ex.route.retry {
         if retry.needs_replay(ex.grpc) {
-            if let Err(reply) = attempts.keep_replay().await {
+            if let Err(reply) = Box::pin(attempts.keep_replay()).await {
                 return local(&ex, reply, None);
             }
         }
     }
     let finished = match ex.route.timeout {
         None => attempts.run(&ex).await,
-        Some(timeout) => match tokio::time::timeout_at(ex.start + timeout, attempts.run(&ex)).await {
+        Some(timeout) => match Box::pin(tokio::time::timeout_at(ex.start + timeout, attempts.run(&ex))).await {
             Ok(finished) => finished,
             Err(_) => {
                 RouterStats::inc(&ex.cluster.router_stats().timeout);
@@ -255,7 +259,7 @@ impl Attempts {
             let per_try = retry.and_then(|r| r.per_try_timeout);
             let sent = match per_try {
                 None => Ok(send.await),
-                Some(t) => tokio::time::timeout(t, send).await,
+                Some(t) => Box::pin(tokio::time::timeout(t, send)).await,
             };
             let failure = match sent {
                 Ok(Ok((response, conn))) => {
@@ -339,7 +343,7 @@ impl Attempts {
         if let Some(retry) = retry {
             let wait = retry.backoff(self.attempt);
             if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
+                Box::pin(tokio::time::sleep(wait)).await;
             }
         }
     }

@@ -188,7 +188,10 @@ impl ConnectionPool {
                     }
                 }
                 Step::Connect(open) => {
-                    let conn = self.open(resources, settings, connect_timeout, open).await?;
+                    // Boxed: connecting is the rare path, and its large
+                    // future would otherwise be copied along with every
+                    // checkout.
+                    let conn = Box::pin(self.open(resources, settings, connect_timeout, open)).await?;
                     return Ok(Checkout { conn, reused: false });
                 }
                 Step::Wait(rx) => {
