@@ -11,8 +11,12 @@
 //! ```
 //!
 //! Futures of the rare paths (replay buffering, timeouts, backoff) are
-//! boxed so that the common path's state machine stays small: hyper moves
-//! it, and every byte of it is copied.
+//! boxed so that the common path's state machine stays small: hyper keeps
+//! it in every connection and moves it once per request. Each box is made
+//! in a `let` of its own: a temporary of the statement that awaits would
+//! stay in the state machine for the whole await, box or no box (measured:
+//! this future went from 7.9 KB to 3.3 KB, the whole request future from
+//! ~8.6 KB to ~4 KB).
 //!
 //! Retry rules (spec §1.12): a retry needs the request again, either handed
 //! back unsent (connect failures; a reused connection found dead) or
@@ -122,23 +126,27 @@ pub async fn run(ex: Exchange, req: Request<RequestBody>) -> Response<ProxyBody>
     let mut attempts = Attempts::new(req);
     if let Some(retry) = &ex.route.retry {
         if retry.needs_replay(ex.grpc) {
-            if let Err(reply) = Box::pin(attempts.keep_replay()).await {
+            let keep = Box::pin(attempts.keep_replay());
+            if let Err(reply) = keep.await {
                 return local(&ex, reply, None);
             }
         }
     }
     let finished = match ex.route.timeout {
         None => attempts.run(&ex).await,
-        Some(timeout) => match Box::pin(tokio::time::timeout_at(ex.start + timeout, attempts.run(&ex))).await {
-            Ok(finished) => finished,
-            Err(_) => {
-                RouterStats::inc(&ex.cluster.router_stats().timeout);
-                if let Some(endpoint) = &attempts.current {
-                    ex.cluster.record(endpoint, Outcome::Timeout);
+        Some(timeout) => {
+            let timed = Box::pin(tokio::time::timeout_at(ex.start + timeout, attempts.run(&ex)));
+            match timed.await {
+                Ok(finished) => finished,
+                Err(_) => {
+                    RouterStats::inc(&ex.cluster.router_stats().timeout);
+                    if let Some(endpoint) = &attempts.current {
+                        ex.cluster.record(endpoint, Outcome::Timeout);
+                    }
+                    Finished::Local { reply: LocalReply::timeout(), endpoint: attempts.current.take() }
                 }
-                Finished::Local { reply: LocalReply::timeout(), endpoint: attempts.current.take() }
             }
-        },
+        }
     };
     match finished {
         Finished::Proxied { response, conn, active, flags } => proxied(ex, response, conn, active, flags, slot),
@@ -255,11 +263,15 @@ impl Attempts {
             let endpoint = pick.endpoint;
             self.current = Some(endpoint.clone());
             let active = endpoint.clone().start();
-            let send = forward::send(&endpoint.pool, ex.cluster.resources(), &pick.pool, pick.connect_timeout, req);
+            let send =
+                |req| forward::send(&endpoint.pool, ex.cluster.resources(), &pick.pool, pick.connect_timeout, req);
             let per_try = retry.and_then(|r| r.per_try_timeout);
             let sent = match per_try {
-                None => Ok(send.await),
-                Some(t) => Box::pin(tokio::time::timeout(t, send)).await,
+                None => Ok(send(req).await),
+                Some(t) => {
+                    let timed = Box::pin(tokio::time::timeout(t, send(req)));
+                    timed.await
+                }
             };
             let failure = match sent {
                 Ok(Ok((response, conn))) => {
@@ -343,7 +355,8 @@ impl Attempts {
         if let Some(retry) = retry {
             let wait = retry.backoff(self.attempt);
             if !wait.is_zero() {
-                Box::pin(tokio::time::sleep(wait)).await;
+                let sleep = Box::pin(tokio::time::sleep(wait));
+                sleep.await;
             }
         }
     }

@@ -191,7 +191,10 @@ impl ConnectionPool {
                     // Boxed: connecting is the rare path, and its large
                     // future would otherwise be copied along with every
                     // checkout.
-                    let conn = Box::pin(self.open(resources, settings, connect_timeout, open)).await?;
+                    // (In its own statement: a temporary of the awaiting
+                    // statement would stay in this future's state.)
+                    let opening = Box::pin(self.open(resources, settings, connect_timeout, open));
+                    let conn = opening.await?;
                     return Ok(Checkout { conn, reused: false });
                 }
                 Step::Wait(rx) => {
