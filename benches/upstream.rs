@@ -1,4 +1,5 @@
-//! Per-request work of the resilience features: consistent-hash picks
+//! Per-request work of the upstream side: the balancer pick of a live
+//! cluster (round robin, least request, random), consistent-hash picks
 //! (ring and Maglev), the request hash key, and outlier accounting of a
 //! successful response.
 //!
@@ -10,13 +11,47 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::Request;
+use meshd::metrics::{Metrics, SourceLabels};
 use meshd::proxy::hash_key::request_hash;
-use meshd::routing::{HashKey, HashTableKind, OutlierConfig};
+use meshd::routing::{
+    ClusterPolicy, ClusterSpec, EndpointSpec, HashKey, HashTableKind, LbPolicy, OutlierConfig, ServiceMeta,
+};
 use meshd::upstream::hash::{hash_bytes, HashTable};
 use meshd::upstream::outlier::{Outcome, OutlierState};
+use meshd::upstream::Cluster;
 
 fn hosts(n: u16) -> Vec<(SocketAddr, u32)> {
     (0..n).map(|i| (SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8], 8080)), 1)).collect()
+}
+
+/// A cluster of `n` endpoints balanced by `lb`, as the request path sees it.
+fn cluster(lb: LbPolicy, n: u16, metrics: &std::sync::Arc<Metrics>) -> std::sync::Arc<Cluster> {
+    let endpoints =
+        hosts(n).into_iter().map(|(addr, weight)| EndpointSpec { addr, weight, labels: Default::default() });
+    let spec = ClusterSpec {
+        name: "outbound|80||bench".into(),
+        service: std::sync::Arc::new(ServiceMeta {
+            host: "bench".into(),
+            name: "bench".into(),
+            namespace: "ns".into(),
+        }),
+        port: 80,
+        subset: None,
+        endpoints: endpoints.collect(),
+        dns: Vec::new(),
+        policy: ClusterPolicy { lb, ..ClusterPolicy::default() },
+    };
+    Cluster::new(&spec, metrics)
+}
+
+fn balancing(c: &mut Criterion) {
+    let Ok(metrics) = Metrics::new(SourceLabels::unknown()) else { return };
+    for (name, lb) in
+        [("round_robin", LbPolicy::RoundRobin), ("least_request", LbPolicy::LeastRequest), ("random", LbPolicy::Random)]
+    {
+        let cluster = cluster(lb, 20, &metrics);
+        c.bench_function(&format!("cluster_pick_{name}_20_hosts"), |b| b.iter(|| cluster.pick(None, black_box(&[]))));
+    }
 }
 
 fn hashing(c: &mut Criterion) {
@@ -55,6 +90,6 @@ fn outlier(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = hashing, outlier
+    targets = balancing, hashing, outlier
 }
 criterion_main!(benches);
