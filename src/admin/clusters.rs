@@ -91,8 +91,8 @@ fn view(cluster: &Cluster) -> ClusterView {
                 ejections: s.num_ejections,
                 ejection_time_left_ms: s.time_left.map_or(0, |d| millis(d).max(1)),
                 active_requests: e.active_requests(),
-                connections: e.pool.open_count(),
-                idle_connections: e.pool.idle_count(),
+                connections: e.pools().iter().map(|p| p.open_count()).sum(),
+                idle_connections: e.pools().iter().map(|p| p.idle_count()).sum(),
             }
         })
         .collect();

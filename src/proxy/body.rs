@@ -159,7 +159,7 @@ impl Completion {
     fn finish(mut self, complete: bool) {
         let endpoint = self.active.endpoint();
         if let (true, Some(conn)) = (complete, self.conn.take()) {
-            endpoint.pool.checkin(conn);
+            endpoint.pool().checkin(conn);
         }
         let flags = self.flags.as_str();
         endpoint.metrics.record(

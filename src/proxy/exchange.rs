@@ -264,7 +264,7 @@ impl Attempts {
             self.current = Some(endpoint.clone());
             let active = endpoint.clone().start();
             let send =
-                |req| forward::send(&endpoint.pool, ex.cluster.resources(), &pick.pool, pick.connect_timeout, req);
+                |req| forward::send(endpoint.pool(), ex.cluster.resources(), &pick.pool, pick.connect_timeout, req);
             let per_try = retry.and_then(|r| r.per_try_timeout);
             let sent = match per_try {
                 None => Ok(send(req).await),

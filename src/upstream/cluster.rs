@@ -172,7 +172,9 @@ impl Cluster {
     /// Closes idle connections past their idle timeout.
     pub fn evict_idle(&self, now: Instant) {
         for endpoint in &self.state.load().endpoints.endpoints {
-            endpoint.pool.evict_idle(now);
+            for pool in endpoint.pools() {
+                pool.evict_idle(now);
+            }
         }
     }
 

@@ -23,8 +23,10 @@ pub struct Endpoint {
     /// Requests in flight, for least-request balancing. Incremented when
     /// the endpoint is picked, decremented when the response completes.
     active: AtomicU32,
-    /// Idle keep-alive connections.
-    pub pool: ConnectionPool,
+    /// Connections to this endpoint, one pool per worker thread
+    /// ([`shard`](super::shard)): a connection stays with the thread that
+    /// drives it.
+    pools: Box<[ConnectionPool]>,
     /// Consecutive-error counters and ejection state; lives with the
     /// endpoint so it survives configuration swaps that keep it.
     pub outlier: OutlierState,
@@ -73,7 +75,7 @@ impl Endpoint {
             weight: weight.max(1),
             labels,
             active: AtomicU32::new(0),
-            pool: ConnectionPool::new(addr),
+            pools: (0..super::shard::count()).map(|_| ConnectionPool::new(addr)).collect(),
             outlier: OutlierState::new(),
             metrics: metrics.cache(Arc::new(destination)),
             registry: metrics.clone(),
@@ -90,6 +92,18 @@ impl Endpoint {
     /// Whether this endpoint can stand for a new spec unchanged.
     pub fn same_as(&self, addr: SocketAddr, weight: u32, labels: &Labels) -> bool {
         self.addr == addr && self.weight == weight.max(1) && *self.labels == *labels
+    }
+
+    /// The calling worker's connection pool.
+    pub fn pool(&self) -> &ConnectionPool {
+        let shard = super::shard::current();
+        // `pools` is never empty; the modulo keeps a stray shard index in range.
+        &self.pools[shard % self.pools.len()]
+    }
+
+    /// Every worker's pool (for eviction and the admin page).
+    pub fn pools(&self) -> &[ConnectionPool] {
+        &self.pools
     }
 
     pub fn active_requests(&self) -> u32 {

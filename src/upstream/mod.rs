@@ -44,6 +44,7 @@ pub mod hash;
 pub mod outlier;
 mod pool;
 pub mod resources;
+pub mod shard;
 pub mod stats;
 mod sweep;
 
