@@ -46,6 +46,7 @@ pub async fn run(config: PathBuf, namespace: String) -> ExitCode {
         namespace,
         drain_timeout: Duration::from_secs(5),
         watch: true,
+        workers: 1,
     };
     let server = match RunningServer::start(options).await {
         Ok(server) => server,

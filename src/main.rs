@@ -51,7 +51,8 @@ struct RunArgs {
     /// Do not watch the configuration files (SIGHUP still reloads).
     #[arg(long, env = "MESHD_NO_WATCH")]
     no_watch: bool,
-    /// Worker threads (default: available cores, at most 2).
+    /// Worker threads, each with its own runtime and SO_REUSEPORT listener
+    /// sockets (default: available cores, at most 2, as a sidecar).
     #[arg(long, env = "MESHD_WORKERS")]
     workers: Option<usize>,
 }
@@ -110,8 +111,11 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate(args),
         Command::Run(args) => {
             init_logs(&args.common);
-            let workers = args.workers.unwrap_or_else(default_workers);
-            block_on(workers, run(args))
+            let workers = args.workers.unwrap_or_else(default_workers).max(1);
+            // One runtime thread here: with one worker it serves the
+            // listeners too; with more, each worker runs its own and this
+            // one keeps the admin API, reloads and signals.
+            block_on(1, run(args, workers))
         }
         Command::Echo(args) => {
             let workers = args.workers;
@@ -124,7 +128,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(args: RunArgs) -> ExitCode {
+async fn run(args: RunArgs, workers: usize) -> ExitCode {
     let options = Options {
         config: args.config,
         listen: args.listen,
@@ -132,6 +136,7 @@ async fn run(args: RunArgs) -> ExitCode {
         namespace: namespace(&args.common.namespace),
         drain_timeout: args.drain_timeout,
         watch: !args.no_watch,
+        workers,
     };
     match RunningServer::start(options).await {
         Ok(server) => {

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 mod reload;
+mod workers;
 
 pub use reload::{Outcome, Reloader};
 
@@ -43,6 +44,10 @@ pub struct Options {
     pub drain_timeout: Duration,
     /// Watch the config paths for changes.
     pub watch: bool,
+    /// Worker threads. 0 or 1: the listeners run on the caller's runtime;
+    /// more: one thread per worker with a runtime and `SO_REUSEPORT`
+    /// sockets of its own (see `workers`).
+    pub workers: usize,
 }
 
 /// Why the server could not start.
@@ -52,6 +57,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("cannot start worker threads: {0}")]
+    Workers(#[source] std::io::Error),
 }
 
 /// A started server.
@@ -71,6 +78,8 @@ pub struct RunningServer {
     /// Listener tasks (they end after draining), then the admin and reload
     /// tasks.
     listeners: JoinSet<()>,
+    /// The worker threads, when listeners run on workers of their own.
+    workers: Option<workers::Workers>,
     background: JoinSet<()>,
     /// Keeps the file watcher alive.
     _watcher: Option<notify::RecommendedWatcher>,
@@ -84,20 +93,33 @@ impl RunningServer {
     /// anyway, not ready, waiting for a valid one.
     pub async fn start(options: Options) -> Result<Self, StartError> {
         let metrics = Metrics::new(SourceLabels::from_env(&options.namespace))?;
+        // Before the first compile: endpoints get one pool per worker.
+        crate::upstream::shard::set_count(options.workers);
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
         let sources = Sources { paths: options.config.clone(), namespace: options.namespace.clone() };
         let mut reloader = Reloader::new(sources, snapshot.clone(), metrics.clone());
         let first = reloader.reload().await;
 
         let mut listeners_bound = Vec::new();
-        for addr in &options.listen {
-            let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: *addr, source })?;
-            listeners_bound.push(listener);
+        let mut worker_sockets = None;
+        if options.workers > 1 {
+            let sockets = workers::bind(&options.listen, options.workers)
+                .map_err(|(addr, source)| StartError::Bind { addr, source })?;
+            worker_sockets = Some(sockets);
+        } else {
+            for addr in &options.listen {
+                let listener =
+                    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: *addr, source })?;
+                listeners_bound.push(listener);
+            }
         }
         let admin_listener = TcpListener::bind(options.admin)
             .await
             .map_err(|source| StartError::Bind { addr: options.admin, source })?;
-        let listen_addrs = listeners_bound.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>();
+        let listen_addrs = match &worker_sockets {
+            Some(sockets) => sockets.first().into_iter().flatten().filter_map(|l| l.local_addr().ok()).collect(),
+            None => listeners_bound.iter().filter_map(|l| l.local_addr().ok()).collect::<Vec<_>>(),
+        };
         let admin_addr =
             admin_listener.local_addr().map_err(|source| StartError::Bind { addr: options.admin, source })?;
 
@@ -113,6 +135,13 @@ impl RunningServer {
         for listener in listeners_bound {
             listeners.spawn(listener::serve(listener, proxy.clone(), shutdown_rx.clone(), options.drain_timeout));
         }
+        let workers = match worker_sockets {
+            Some(sockets) => Some(
+                workers::spawn(sockets, proxy.clone(), shutdown_rx.clone(), options.drain_timeout)
+                    .map_err(StartError::Workers)?,
+            ),
+            None => None,
+        };
         let (stop, stop_rx) = watch::channel(false);
         let mut background = JoinSet::new();
         background.spawn(admin::serve(admin_listener, admin.clone(), stop_rx.clone()));
@@ -145,6 +174,7 @@ impl RunningServer {
             shutdown,
             stop,
             listeners,
+            workers,
             background,
             _watcher: watcher,
         })
@@ -164,6 +194,9 @@ impl RunningServer {
     /// Waits until every listener has drained, then stops the rest.
     pub async fn wait(mut self) {
         while self.listeners.join_next().await.is_some() {}
+        if let Some(workers) = self.workers.take() {
+            workers.wait().await;
+        }
         self.stop.send_replace(true);
         self.background.shutdown().await;
         info!("meshd stopped");

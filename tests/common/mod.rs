@@ -564,6 +564,7 @@ pub fn options(config: &Path) -> Options {
         namespace: NS.into(),
         drain_timeout: Duration::from_secs(5),
         watch: true,
+        workers: 1,
     }
 }
 
