@@ -3,7 +3,8 @@
 #
 # wrk sends keep-alive GETs through each proxy to two `meshd echo` upstreams
 # (round robin), and straight to one upstream as the baseline ("direct").
-# Proxies compared, configured alike: meshd, nginx, HAProxy, one worker each.
+# Proxies compared, configured alike: meshd, nginx, HAProxy, WORKERS workers
+# (threads / processes) each.
 # For every proxy it reports requests/s, p50 and p99 latency (wrk's own
 # histogram, read by a Lua done() hook) and the proxy process's CPU time per
 # request (utime+stime from /proc/PID/stat before and after the measured run,
@@ -15,7 +16,10 @@
 # Parameters (environment):
 #   DURATION=10s       measured wrk run, per proxy and repetition
 #   WARMUP=2s          unmeasured wrk run just before each measured one
-#   CONNECTIONS="64"   wrk connections; a list ("16 64 256") runs each
+#   CONNECTIONS="64 256"  wrk connections; a list runs each
+#   WORKERS=1          worker threads (meshd --workers, nginx worker_processes,
+#                      HAProxy nbthread); above 1, PIN defaults to 0 (the
+#                      proxy needs every CPU)
 #   THREADS=1          wrk threads
 #   REPEAT=3           repetitions; the table shows the median run by req/s
 #                      (the faster of the two middle ones when REPEAT is even)
@@ -29,6 +33,9 @@
 #   SYSCALLS=0         1: afterwards, one extra run per proxy under
 #                      `strace -c -f` and a syscalls-per-request summary
 #   SYSCALL_DURATION=3s  length of that run
+#   INSTRUCTIONS=1     also count user-space instructions per request with
+#                      `perf stat -e instructions:u` in one extra run per
+#                      proxy, where the machine exposes the counter
 #
 # Exit status: 0 when every target answered 200 and wrk saw no errors, 2 when
 # a target was skipped or a run had errors (the table is printed anyway).
@@ -40,16 +47,18 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
-CONNECTIONS=${CONNECTIONS:-64}
+CONNECTIONS=${CONNECTIONS:-64 256}
+WORKERS=${WORKERS:-1}
 THREADS=${THREADS:-1}
 REPEAT=${REPEAT:-3}
 PROXIES=${PROXIES:-direct meshd nginx haproxy}
-PIN=${PIN:-1}
+if ((WORKERS > 1)); then PIN=${PIN:-0}; else PIN=${PIN:-1}; fi
 PROXY_CPUS=${PROXY_CPUS:-0}
 LOAD_CPUS=${LOAD_CPUS:-1}
 PORT_BASE=${PORT_BASE:-18101}
 SYSCALLS=${SYSCALLS:-0}
 SYSCALL_DURATION=${SYSCALL_DURATION:-3s}
+INSTRUCTIONS=${INSTRUCTIONS:-1}
 
 HOST_HEADER=echo.default.svc.cluster.local
 ECHO1_PORT=$PORT_BASE
@@ -257,7 +266,7 @@ EOF
 nginx_user=""
 if [[ $(id -u) == 0 ]]; then nginx_user="user root root;"; fi
 cat >"$tmp/nginx/nginx.conf" <<EOF
-worker_processes 1;
+worker_processes $WORKERS;
 daemon off;
 $nginx_user
 pid $tmp/nginx/nginx.pid;
@@ -295,7 +304,7 @@ EOF
 # HAProxy: the same, in one thread, no logging, no health checks.
 cat >"$tmp/haproxy/haproxy.cfg" <<EOF
 global
-    nbthread 1
+    nbthread $WORKERS
     maxconn 4096
 defaults
     mode http
@@ -356,7 +365,7 @@ for proxy in $PROXIES; do
     direct) ;;
     meshd)
         start meshd "${pin_proxy[@]}" "$meshd" run --config "$tmp/meshd-config" \
-            --listen "127.0.0.1:$MESHD_PORT" --admin "127.0.0.1:$MESHD_ADMIN_PORT" --workers 1 --log warn
+            --listen "127.0.0.1:$MESHD_PORT" --admin "127.0.0.1:$MESHD_ADMIN_PORT" --workers "$WORKERS" --log warn
         pids[meshd]=$last_pid
         wait_http meshd "$last_pid" "http://127.0.0.1:$MESHD_ADMIN_PORT/ready" -f
         url[meshd]="http://127.0.0.1:$MESHD_PORT/"
@@ -484,6 +493,30 @@ if [[ $SYSCALLS == 1 ]]; then
     done
 fi
 
+# ---------------------------------------------------------------- instructions
+instr_report=$tmp/instructions.md
+: >"$instr_report"
+if [[ $INSTRUCTIONS == 1 ]] && command -v perf >/dev/null; then
+    if perf stat -x, -e instructions:u true 2>&1 | grep -q '^[0-9]'; then
+        for proxy in "${targets[@]}"; do
+            [[ $proxy == direct ]] && continue
+            attach=$(tr ' ' ',' <<<"${pids[$proxy]}" | sed 's/,*$//')
+            perf stat -x, -e instructions:u -p "$attach" -o "$tmp/perf-$proxy" &
+            perf_pid=$!
+            sleep 0.5
+            wrk_cmd "${CONNECTIONS%% *}" "$SYSCALL_DURATION" "${url[$proxy]}"
+            out=$("${wrk[@]}")
+            kill -INT "$perf_pid" 2>/dev/null || true
+            wait "$perf_pid" 2>/dev/null || true
+            read -r _ requests _ <<<"$(grep '^WRKRESULT' <<<"$out")"
+            awk -F, -v p="$proxy" -v n="$requests" '$3 ~ /instructions/ && n > 0 {
+                printf "- %s: %.0f user-space instructions/request\n", p, $1 / n }' "$tmp/perf-$proxy" >>"$instr_report"
+        done
+    else
+        echo "- perf stat -e instructions:u: the counter is not exposed on this machine (use callgrind, benches/README-bench.md)" >>"$instr_report"
+    fi
+fi
+
 # ---------------------------------------------------------------- report
 cpu_model=$(awk -F: '/^model name/ { sub(/^ +/, "", $2); print $2; exit }' /proc/cpuinfo)
 ms() { awk -v u="$1" 'BEGIN { printf "%.3f ms", u / 1000 }'; }
@@ -493,12 +526,12 @@ echo
 echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 echo "- machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, Linux $(uname -r); $busy_before CPUs busy just before the run"
 echo "- $meshd_version ($meshd_source), $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), $({ wrk --version 2>&1 || true; } | head -1 | cut -d' ' -f1-2)"
-echo "- parameters: DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=\"$CONNECTIONS\" THREADS=$THREADS REPEAT=$REPEAT PIN=$PIN$(
+echo "- parameters: WORKERS=$WORKERS DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=\"$CONNECTIONS\" THREADS=$THREADS REPEAT=$REPEAT PIN=$PIN$(
     if [[ $PIN == 1 ]]; then echo " (proxy on CPU $PROXY_CPUS, wrk and upstreams on CPU $LOAD_CPUS)"; fi)"
 echo "- each row is the median of $REPEAT runs by req/s; CPU µs/req is the proxy process's utime+stime over requests served"
 echo
-echo "| proxy | conns | req/s | p50 | p99 | CPU µs/req |"
-echo "|---|---:|---:|---:|---:|---:|"
+echo "| proxy | workers | conns | req/s | p50 | p99 | CPU µs/req |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
 declare -A median_cpu
 split=()
 for conns in $CONNECTIONS; do
@@ -506,7 +539,7 @@ for conns in $CONNECTIONS; do
         label=$proxy
         if [[ $proxy == direct ]]; then label="direct (no proxy)"; fi
         if [[ -n ${skipped[$proxy]:-} ]]; then
-            echo "| $label | $conns | skipped: ${skipped[$proxy]} | | | |"
+            echo "| $label | $WORKERS | $conns | skipped: ${skipped[$proxy]} | | | |"
             status=2
             continue
         fi
@@ -515,7 +548,7 @@ for conns in $CONNECTIONS; do
         read -r _ _ _ rps p50 p99 cpu_us errors status_errors user_us sys_us _ <<<"$row"
         note=""
         if ((errors + status_errors > 0)); then note=" (errors: $errors, non-2xx: $status_errors)"; fi
-        echo "| $label | $conns | $rps$note | $(ms "$p50") | $(ms "$p99") | $cpu_us |"
+        echo "| $label | $WORKERS | $conns | $rps$note | $(ms "$p50") | $(ms "$p99") | $cpu_us |"
         median_cpu[$proxy/$conns]=$cpu_us
         split+=("$label, $conns conns: $user_us user + $sys_us sys")
     done
@@ -547,6 +580,24 @@ for conns in $CONNECTIONS; do
         fi
     done
 done
+for conns in $CONNECTIONS; do
+    m=$(awk -v p=meshd -v c="$conns" '$1 == p && $2 == c { print $4 }' "$results" | sort -n | awk '{ r[NR] = $1 } END { if (NR) print r[int(NR / 2) + 1] }')
+    best=0
+    for peer in nginx haproxy; do
+        p=$(awk -v p="$peer" -v c="$conns" '$1 == p && $2 == c { print $4 }' "$results" | sort -n | awk '{ r[NR] = $1 } END { if (NR) print r[int(NR / 2) + 1] }')
+        if [[ -n $p ]] && ((p > best)); then best=$p; fi
+    done
+    if [[ -n $m ]] && ((best > 0)); then
+        awk -v m="$m" -v b="$best" -v c="$conns" -v w="$WORKERS" \
+            'BEGIN { printf "meshd req/s ÷ the better of nginx and HAProxy (%s conns, %s workers): %.2f\n", c, w, m / b }'
+    fi
+done
+if [[ -s $instr_report ]]; then
+    echo
+    echo "Instructions per request (perf stat, $SYSCALL_DURATION of wrk -c ${CONNECTIONS%% *}):"
+    echo
+    cat "$instr_report"
+fi
 if [[ -s $syscall_report ]]; then
     echo
     echo "Syscalls per request (strace -c -f on the proxy, $SYSCALL_DURATION of wrk -c ${CONNECTIONS%% *}; strace slows the proxy, so only the counts mean anything):"
