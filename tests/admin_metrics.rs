@@ -241,6 +241,12 @@ async fn reload_counters_and_version_gauge() {
     let m = mesh.metrics().await;
     assert_eq!(m.sum("meshd_config_reloads_total", &[("result", "rejected")]), 1.0);
     assert_eq!(m.sum("meshd_config_version", &[]), 2.0);
+    // The phases of the last applied reload: each measured, none absurd.
+    for phase in ["load", "compile", "apply"] {
+        let seconds = m.sum("meshd_config_reload_seconds", &[("phase", phase)]);
+        assert!(m.show("meshd_config_reload_seconds").contains(phase), "{phase}");
+        assert!((0.0..5.0).contains(&seconds), "{phase}: {seconds}");
+    }
     assert_eq!(mesh.get("reviews", "/").await.echo_name().as_deref(), Some("reviews-v2"));
 }
 

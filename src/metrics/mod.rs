@@ -44,6 +44,10 @@ pub struct Metrics {
     response_bytes: HistogramVec,
     /// `meshd_config_reloads_total{result="applied"|"rejected"|"unchanged"}`.
     pub config_reloads: IntCounterVec,
+    /// `meshd_config_reload_seconds{phase="load"|"compile"|"apply"}`: how
+    /// long each phase of the last applied reload took (read and parse;
+    /// validate and compile; reconcile clusters and swap).
+    pub config_reload_seconds: prometheus::GaugeVec,
     /// `meshd_config_version`: version of the active snapshot.
     pub config_version: prometheus::IntGauge,
     /// `meshd_downstream_connections_active`.
@@ -106,6 +110,10 @@ impl Metrics {
                 Opts::new("meshd_config_reloads_total", "Configuration reloads by result"),
                 &["result"],
             )?,
+            config_reload_seconds: prometheus::GaugeVec::new(
+                Opts::new("meshd_config_reload_seconds", "Duration of each phase of the last applied reload"),
+                &["phase"],
+            )?,
             config_version: prometheus::IntGauge::new("meshd_config_version", "Version of the active configuration")?,
             downstream_connections: prometheus::IntGauge::new(
                 "meshd_downstream_connections_active",
@@ -128,6 +136,7 @@ impl Metrics {
         r.register(Box::new(metrics.response_bytes.clone()))?;
         r.register(Box::new(metrics.config_reloads.clone()))?;
         r.register(Box::new(metrics.config_version.clone()))?;
+        r.register(Box::new(metrics.config_reload_seconds.clone()))?;
         r.register(Box::new(metrics.downstream_connections.clone()))?;
         r.register(Box::new(metrics.upstream_connects.clone()))?;
         r.register(Box::new(build))?;

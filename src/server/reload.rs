@@ -6,7 +6,7 @@
 //! remains) and the new snapshot is stored with one atomic swap.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use tracing::{error, info, warn};
@@ -54,17 +54,19 @@ impl Reloader {
         // Identical content is recognised right after reading, before any
         // validation or compilation (watchers report bursts of events).
         let loaded = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let (config, problems) = config::load::load(&sources);
             if last_hash == Some(config.content_hash) {
                 return Ok(None);
             }
+            let loaded = started.elapsed();
             config::validate_loaded(config, problems).map(|(config, warnings)| {
                 let compiled = routing::compile(&config);
-                Some((config, warnings, compiled))
+                Some((config, warnings, compiled, [loaded, started.elapsed() - loaded]))
             })
         })
         .await;
-        let (config, warnings, compiled) = match loaded {
+        let (config, warnings, compiled, [load_time, compile_time]) = match loaded {
             Ok(Ok(Some(done))) => done,
             Ok(Ok(None)) => {
                 self.metrics.config_reloads.with_label_values(&["unchanged"]).inc();
@@ -80,15 +82,23 @@ impl Reloader {
         for problem in warnings.iter().chain(&compiled.warnings) {
             warn!("{problem}");
         }
+        let applying = Instant::now();
         let clusters = self.upstreams.reconcile(&compiled.clusters);
         Upstreams::warm(&clusters, WARM_TIMEOUT).await;
         let version = self.snapshot.load().version + 1;
         let summary = (config.virtual_services.len(), config.destination_rules.len(), config.service_entries.len());
         self.snapshot.store(Arc::new(Snapshot { version, table: compiled.table, clusters, config: Arc::new(config) }));
+        let apply_time = applying.elapsed();
         self.metrics.config_reloads.with_label_values(&["applied"]).inc();
         self.metrics.config_version.set(version as i64);
+        for (phase, time) in [("load", load_time), ("compile", compile_time), ("apply", apply_time)] {
+            self.metrics.config_reload_seconds.with_label_values(&[phase]).set(time.as_secs_f64());
+        }
         info!(
             version,
+            load_ms = load_time.as_millis() as u64,
+            compile_ms = compile_time.as_millis() as u64,
+            apply_ms = apply_time.as_millis() as u64,
             virtual_services = summary.0,
             destination_rules = summary.1,
             service_entries = summary.2,
