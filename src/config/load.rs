@@ -51,25 +51,17 @@ pub fn load(sources: &Sources) -> (Config, Vec<Problem>) {
 
 /// Parses one file's text into `config`.
 pub fn load_text(text: &str, file: &Arc<Path>, config: &mut Config, problems: &mut Vec<Problem>) {
-    let documents = match yaml::parse_documents(text) {
-        Ok(documents) => documents,
-        Err(e) => {
-            let at = e.line.map(|l| format!("line {l}")).unwrap_or_default();
-            problems.push(Problem::error(Some(file.clone()), None, at, format!("invalid YAML: {e}")));
-            return;
-        }
-    };
     let mut index = 0;
-    for document in documents {
+    let parsed = yaml::for_each_document(text, |mut document| {
         let items = match document.get("kind").and_then(Value::as_str) {
-            Some("List") => match document.get("items") {
-                Some(Value::Array(items)) => items.clone(),
+            Some("List") => match document.get_mut("items").map(Value::take) {
+                Some(Value::Array(items)) => items,
                 Some(Value::Null) | None => Vec::new(),
                 Some(_) => {
                     let origin = Origin { file, document: index };
                     problems.push(origin.error(None, "items", "a List's items must be a sequence"));
                     index += 1;
-                    continue;
+                    return;
                 }
             },
             _ => vec![document],
@@ -78,6 +70,10 @@ pub fn load_text(text: &str, file: &Arc<Path>, config: &mut Config, problems: &m
             load_object(item, &Origin { file, document: index }, config, problems);
             index += 1;
         }
+    });
+    if let Err(e) = parsed {
+        let at = e.line.map(|l| format!("line {l}")).unwrap_or_default();
+        problems.push(Problem::error(Some(file.clone()), None, at, format!("invalid YAML: {e}")));
     }
 }
 
@@ -143,11 +139,14 @@ fn path_error(path: &Path, message: String) -> Problem {
 }
 
 /// Classifies one object and, for a kind meshd reads, deserializes it.
-fn load_object(object: Value, origin: &Origin<'_>, config: &mut Config, problems: &mut Vec<Problem>) {
+fn load_object(mut object: Value, origin: &Origin<'_>, config: &mut Config, problems: &mut Vec<Problem>) {
     let Value::Object(_) = object else {
         problems.push(origin.error(None, "", "a document must be a mapping with apiVersion and kind"));
         return;
     };
+    // Taken out first: the spec is moved into its typed form, not copied.
+    let spec = object.get_mut("spec").map(Value::take).unwrap_or(Value::Null);
+    let spec = if spec.is_null() { Value::Object(Default::default()) } else { spec };
     let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
     let kind_name = object.get("kind").and_then(Value::as_str).unwrap_or_default();
     let (group, version) = api_version.split_once('/').unwrap_or((api_version, ""));
@@ -173,7 +172,6 @@ fn load_object(object: Value, origin: &Origin<'_>, config: &mut Config, problems
         problems.push(origin.error(Some(id), "apiVersion", message));
         return;
     }
-    let spec = object.get("spec").cloned().unwrap_or(Value::Object(Default::default()));
     let envelope = Envelope { kind, api_version: api_version.to_owned(), meta, origin, id };
     match kind {
         Kind::VirtualService => push(&mut config.virtual_services, envelope, spec, problems),
