@@ -1,6 +1,8 @@
 //! Accepting downstream connections and serving HTTP/1.1 and HTTP/2 (h2c
 //! prior knowledge, detected from the connection preface) on them.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,8 +14,12 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
+use super::body::ProxyBody;
 use super::service::{handle, Downstream};
 use super::Proxy;
+
+/// The boxed future of one request (see [`serve`]).
+type RequestFuture = Pin<Box<dyn Future<Output = Result<http::Response<ProxyBody>, std::convert::Infallible>> + Send>>;
 
 /// Serves `listener` until `shutdown` turns true, then drains: stops
 /// accepting, tells every open connection to finish its current request
@@ -53,9 +59,14 @@ pub async fn serve(
         }
         let downstream = Downstream { peer, scheme: "http" };
         let proxy_for_conn = proxy.clone();
+        // The request future is boxed: hyper keeps a slot of the service
+        // future's size in every connection for its whole life, so an
+        // unboxed ~4 KB state machine would cost each idle keep-alive
+        // connection ~4 KB; boxed, it is allocated per request instead.
         let service = service_fn(move |req| {
             let proxy = proxy_for_conn.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(proxy, downstream, req).await) }
+            let respond: RequestFuture = Box::pin(async move { Ok(handle(proxy, downstream, req).await) });
+            respond
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         let conn = graceful.watch(conn);
