@@ -34,17 +34,47 @@ struct Origin<'a> {
 /// Loads every resource under `sources`. Never fails as a whole: problems
 /// (errors and warnings) are returned beside whatever could be read.
 pub fn load(sources: &Sources) -> (Config, Vec<Problem>) {
-    let mut config = Config { namespace: sources.namespace.clone(), ..Config::default() };
+    let (texts, hash, problems) = read_all(sources);
+    parse_all(sources, texts, hash, problems)
+}
+
+/// Like [`load`], but `None` when the files hash to `last_hash`: the
+/// hash covers the names and bytes read, so an unchanged set (a watcher's
+/// burst of events, a ConfigMap flip to the same content) costs reading
+/// and hashing, not parsing.
+pub fn load_if_changed(sources: &Sources, last_hash: Option<u64>) -> Option<(Config, Vec<Problem>)> {
+    let (texts, hash, problems) = read_all(sources);
+    if last_hash == Some(hash) {
+        return None;
+    }
+    Some(parse_all(sources, texts, hash, problems))
+}
+
+/// Every file's text, and the hash of their names and contents.
+fn read_all(sources: &Sources) -> (Vec<(Arc<Path>, String)>, u64, Vec<Problem>) {
     let mut problems = Vec::new();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut texts = Vec::new();
     for file in list_files(&sources.paths, &mut problems) {
         let file: Arc<Path> = Arc::from(file.as_path());
         let Some(text) = read_file(&file, &mut problems) else { continue };
         file.hash(&mut hasher);
         text.hash(&mut hasher);
+        texts.push((file, text));
+    }
+    (texts, hasher.finish(), problems)
+}
+
+fn parse_all(
+    sources: &Sources,
+    texts: Vec<(Arc<Path>, String)>,
+    hash: u64,
+    mut problems: Vec<Problem>,
+) -> (Config, Vec<Problem>) {
+    let mut config = Config { namespace: sources.namespace.clone(), content_hash: hash, ..Config::default() };
+    for (file, text) in texts {
         load_text(&text, &file, &mut config, &mut problems);
     }
-    config.content_hash = hasher.finish();
     problems.extend(super::validate::unapplied(&config));
     (config, problems)
 }
@@ -279,6 +309,22 @@ mod tests {
         let mut problems = Vec::new();
         load_text(text, &Arc::from(Path::new("test.yaml")), &mut config, &mut problems);
         (config, problems)
+    }
+
+    #[test]
+    fn unchanged_files_are_not_parsed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a.yaml");
+        let yaml = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: a}\nspec: {hosts: [a]}\n";
+        std::fs::write(&file, yaml).unwrap();
+        let sources = Sources { paths: vec![dir.path().to_path_buf()], namespace: "default".into() };
+        let (first, _) = load_if_changed(&sources, None).unwrap();
+        assert_eq!(first.service_entries.len(), 1);
+        assert!(load_if_changed(&sources, Some(first.content_hash)).is_none());
+        std::fs::write(&file, yaml.replace("[a]", "[b]")).unwrap();
+        let (changed, _) = load_if_changed(&sources, Some(first.content_hash)).unwrap();
+        assert_ne!(changed.content_hash, first.content_hash);
+        assert_eq!(load(&sources).0.content_hash, changed.content_hash);
     }
 
     #[test]
