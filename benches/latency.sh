@@ -87,34 +87,9 @@ log() { printf '[latency.sh] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------- cleanup
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/meshd-latency.XXXXXX")
-started_pids=()
-
-# shellcheck disable=SC2317  # called from the trap
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 30; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-# shellcheck disable=SC2317  # called from the trap
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${started_pids[@]}"; do
-        stop_pid "$pid"
-    done
-    rm -rf "$tmp"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# shellcheck source=benches/lib.sh
+source "$here/lib.sh"
+with_cleanup latency
 
 # ---------------------------------------------------------------- tools
 need_pkgs=()
@@ -177,92 +152,8 @@ fi
 clk_tck=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- helpers
-commands=()   # what was run, for the report
-quote() { # quote ARG...: the words as one shell-pasteable line
-    local a words=()
-    for a in "$@"; do
-        if [[ $a =~ ^[A-Za-z0-9_./:=@,+-]+$ ]]; then
-            words+=("$a")
-        elif [[ $a != *\'* ]]; then
-            words+=("'$a'")
-        else
-            words+=("$(printf '%q' "$a")")
-        fi
-    done
-    echo "${words[*]}"
-}
-
-# start NAME CMD...: starts CMD in the background, logs to $tmp/NAME.log.
-start() {
-    local name=$1
-    shift
-    commands+=("$(quote "$@")")
-    "$@" >"$tmp/$name.log" 2>&1 &
-    started_pids+=("$!")
-    last_pid=$!
-}
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-# wait_http NAME PID URL [CURL_OPTION...]: waits up to 15 s for URL to
-# answer (any status; give -f to wait for a 2xx).
-wait_http() {
-    local name=$1 pid=$2 url=$3 i
-    shift 3
-    for ((i = 0; i < 150; i++)); do
-        kill -0 "$pid" 2>/dev/null || { cat "$tmp/$name.log" >&2; die "$name exited"; }
-        if curl -s "$@" -o /dev/null --max-time 1 "$url"; then return 0; fi
-        sleep 0.1
-    done
-    cat "$tmp/$name.log" >&2
-    die "$name did not answer on $url"
-}
-
-# children PID: the PIDs whose parent is PID.
-children() {
-    local stat rest
-    local -a f
-    for stat in /proc/[0-9]*/stat; do
-        { read -r rest <"$stat"; } 2>/dev/null || continue
-        rest=${rest##*) }
-        read -r -a f <<<"$rest"
-        if [[ ${f[1]} == "$1" ]]; then
-            stat=${stat#/proc/}
-            echo "${stat%/stat}"
-        fi
-    done
-}
-
-# cpu_ticks PID...: "utime stime" (all threads) summed over the PIDs, in ticks.
-cpu_ticks() {
-    local user=0 sys=0 pid rest
-    local -a f
-    for pid in "$@"; do
-        rest=$(<"/proc/$pid/stat")
-        rest=${rest##*) }  # fields from 3 (state) on; utime is 14, stime 15
-        read -r -a f <<<"$rest"
-        user=$((user + f[11]))
-        sys=$((sys + f[12]))
-    done
-    echo "$user $sys"
-}
-
-# machine_ticks: busy ticks of the whole machine (user, nice, system, irq,
-# softirq), then steal ticks.
-machine_ticks() {
-    local _cpu u n s irq sirq st
-    read -r _cpu u n s _ _ irq sirq st _ </proc/stat
-    echo "$((u + n + s + irq + sirq)) $st"
-}
-
-# children_ticks: sets $child_ticks to the user+system ticks of this shell's
-# finished children (oha). Not to be called in $(...).
-children_ticks() {
-    times >"$tmp/times"
-    child_ticks=$(awk -v hz="$clk_tck" 'NR == 2 {
-        split($1, u, /[ms]/); split($2, s, /[ms]/)
-        printf "%.0f\n", ((u[1] + s[1]) * 60 + u[2] + s[2]) * hz }' "$tmp/times")
-}
+# in benches/lib.sh: quote, start, port_in_use, wait_http, children,
+# cpu_ticks, machine_ticks, children_ticks
 
 # median: the median of the numbers on stdin, one a line ("-" when none).
 median() {
