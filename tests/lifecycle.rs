@@ -112,19 +112,8 @@ async fn shutdown_drains_http1_and_http2_requests_in_flight() {
     };
     let admin = mesh.admin;
     let http = mesh.client.clone();
-    wait_for("both requests in flight", Duration::from_secs(5), || {
-        let http = http.clone();
-        async move {
-            let clusters = get_url(&http, admin, "/clusters").await.text();
-            let line = format!("outbound|9080|v2|{REVIEWS}::{v2}::rq_active::2");
-            if clusters.lines().any(|l| l == line) {
-                Ok(())
-            } else {
-                Err(clusters)
-            }
-        }
-    })
-    .await;
+    let line = format!("outbound|9080|v2|{REVIEWS}::{v2}::rq_active::2");
+    wait_clusters_line(&http, admin, "both requests in flight", line).await;
     let server = mesh.server.take().expect("server");
     server.shutdown();
     let started = Instant::now();

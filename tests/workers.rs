@@ -54,19 +54,8 @@ async fn two_workers_drain_their_requests_in_flight() {
         })
         .collect();
     let (admin, http) = (mesh.admin, mesh.client.clone());
-    wait_for("eight requests in flight", Duration::from_secs(5), || {
-        let http = http.clone();
-        async move {
-            let clusters = get_url(&http, admin, "/clusters").await.text();
-            let line = format!("outbound|9080|v1|{REVIEWS}::{v1}::rq_active::8");
-            if clusters.lines().any(|l| l == line) {
-                Ok(())
-            } else {
-                Err(clusters)
-            }
-        }
-    })
-    .await;
+    let line = format!("outbound|9080|v1|{REVIEWS}::{v1}::rq_active::8");
+    wait_clusters_line(&http, admin, "eight requests in flight", line).await;
     let server = mesh.server.take().expect("server");
     server.shutdown();
     let started = Instant::now();

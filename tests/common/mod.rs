@@ -527,6 +527,23 @@ pub async fn get_url(client: &HttpClient, addr: SocketAddr, path: &str) -> Resp 
     send(client, req).await
 }
 
+/// Waits (5 s at most) until the admin page `/clusters` at `admin` has the
+/// line `line`, e.g. `outbound|9080|v1|HOST::ADDR::rq_active::2`.
+pub async fn wait_clusters_line(client: &HttpClient, admin: SocketAddr, what: &str, line: String) {
+    wait_for(what, Duration::from_secs(5), || {
+        let (client, line) = (client.clone(), line.clone());
+        async move {
+            let clusters = get_url(&client, admin, "/clusters").await.text();
+            if clusters.lines().any(|l| l == line) {
+                Ok(())
+            } else {
+                Err(clusters)
+            }
+        }
+    })
+    .await;
+}
+
 /// Sends a raw HTTP/1.1 exchange over a fresh TCP connection and returns
 /// everything read until the server closes (send `Connection: close`).
 pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
