@@ -29,8 +29,8 @@ struct Index<'a> {
 /// patterns apart, so a lookup costs one probe plus the wildcards instead
 /// of a scan of every host (1,000 services took ~200 ms that way).
 struct Hosts<'a, T> {
-    /// `(position in config order, host, resource)` for every host.
-    all: Vec<(usize, String, &'a Resource<T>)>,
+    /// `(host, resource)` for every host, in config order.
+    all: Vec<(String, &'a Resource<T>)>,
     /// Positions in `all` of each exact host.
     exact: HashMap<String, Vec<usize>>,
     /// Positions in `all` of the wildcard hosts.
@@ -155,13 +155,13 @@ impl<'a> Index<'a> {
 
 impl<'a, T> Hosts<'a, T> {
     fn new(hosts: impl Iterator<Item = (String, &'a Resource<T>)>) -> Self {
-        let all: Vec<_> = hosts.enumerate().map(|(i, (h, r))| (i, h, r)).collect();
+        let all: Vec<_> = hosts.collect();
         let (mut exact, mut wildcards) = (HashMap::<String, Vec<usize>>::new(), Vec::new());
-        for (i, h, _) in &all {
+        for (i, (h, _)) in all.iter().enumerate() {
             if h.starts_with('*') {
-                wildcards.push(*i);
+                wildcards.push(i);
             } else {
-                exact.entry(h.clone()).or_default().push(*i);
+                exact.entry(h.clone()).or_default().push(i);
             }
         }
         Hosts { all, exact, wildcards }
@@ -171,25 +171,26 @@ impl<'a, T> Hosts<'a, T> {
     /// wildcard covering it): exact hosts first, then wildcards.
     fn positions<'s>(&'s self, name: &'s str) -> impl Iterator<Item = usize> + 's {
         let exact = self.exact.get(name).into_iter().flatten().copied();
-        let covering = |i: &usize| self.all.get(*i).is_some_and(|(_, h, _)| names(h, name));
+        let covering = |i: &usize| self.all.get(*i).is_some_and(|(h, _)| names(h, name));
         exact.chain(self.wildcards.iter().copied().filter(covering))
     }
 
     /// `(host, resource)` of every host that names `name`.
     fn naming<'s>(&'s self, name: &'s str) -> impl Iterator<Item = (&'s str, &'a Resource<T>)> + 's {
-        self.positions(name).filter_map(|i| self.all.get(i)).map(|(_, h, r)| (h.as_str(), *r))
+        self.positions(name).filter_map(|i| self.all.get(i)).map(|(h, r)| (h.as_str(), *r))
     }
 
     /// Resources with a host that names `name` or that `name` names (a
     /// wildcard `name` covers hosts), in config order.
     fn related(&self, name: &str) -> Vec<&'a Resource<T>> {
         let mut found: Vec<usize> = if name.starts_with('*') {
-            self.all.iter().filter(|(_, h, _)| names(name, h) || names(h, name)).map(|(i, _, _)| *i).collect()
+            let all = self.all.iter().enumerate();
+            all.filter(|(_, (h, _))| names(name, h) || names(h, name)).map(|(i, _)| i).collect()
         } else {
             self.positions(name).collect()
         };
         found.sort_unstable();
-        found.into_iter().filter_map(|i| self.all.get(i)).map(|(_, _, r)| *r).collect()
+        found.into_iter().filter_map(|i| self.all.get(i)).map(|(_, r)| *r).collect()
     }
 }
 
