@@ -101,18 +101,17 @@ impl RunningServer {
         let first = reloader.reload().await;
 
         let mut listeners_bound = Vec::new();
-        let mut worker_sockets = None;
-        if options.workers > 1 {
-            let sockets = workers::bind(&options.listen, options.workers)
-                .map_err(|(addr, source)| StartError::Bind { addr, source })?;
-            worker_sockets = Some(sockets);
+        let worker_sockets = if options.workers > 1 {
+            let bound = workers::bind(&options.listen, options.workers);
+            Some(bound.map_err(|(addr, source)| StartError::Bind { addr, source })?)
         } else {
             for addr in &options.listen {
                 let listener =
                     TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: *addr, source })?;
                 listeners_bound.push(listener);
             }
-        }
+            None
+        };
         let admin_listener = TcpListener::bind(options.admin)
             .await
             .map_err(|source| StartError::Bind { addr: options.admin, source })?;
