@@ -99,75 +99,23 @@ die() { log "error: $*"; exit 1; }
 [[ $DURATION =~ ^[1-9][0-9]*s$ && $WARMUP =~ ^[1-9][0-9]*s$ ]] || die "DURATION and WARMUP are whole seconds, like 10s"
 
 # ---------------------------------------------------------------- cleanup
-tmp=$(mktemp -d "${TMPDIR:-/tmp}/meshd-footprint.XXXXXX")
-started_pids=()
-
-# shellcheck disable=SC2317  # called from the trap
-stop_pid() {
-    local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    for ((i = 0; i < 50; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-
-# shellcheck disable=SC2317  # called from the trap
-cleanup() {
-    local rc=$? pid
-    trap - EXIT INT TERM
-    for pid in "${started_pids[@]}"; do
-        stop_pid "$pid"
-    done
-    rm -rf "$tmp"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# shellcheck source=benches/lib.sh
+source "$here/lib.sh"
+with_cleanup footprint
 
 # ---------------------------------------------------------------- tools
 command -v python3 >/dev/null || die "python3 is needed"
 need_pkgs=()
 command -v wrk >/dev/null || need_pkgs+=(wrk)
 command -v curl >/dev/null || need_pkgs+=(curl)
-if ((${#need_pkgs[@]})); then
-    sudo=()
-    if [[ $(id -u) != 0 ]]; then sudo=(sudo); fi
-    log "installing ${need_pkgs[*]}"
-    "${sudo[@]}" apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need_pkgs[@]}" >&2
-fi
+install_pkgs "${need_pkgs[@]}"
 
-if [[ -n ${MESHD_BIN:-} ]]; then
-    meshd=$MESHD_BIN
-    meshd_source="binary $MESHD_BIN"
-else
-    log "cargo build --release"
-    (cd "$root" && cargo build --release >&2) || die "cargo build --release failed"
-    meshd=${CARGO_TARGET_DIR:-$root/target}/release/meshd
-    meshd_source="built from commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    if [[ -n $(git -C "$root" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
-        meshd_source+=" with uncommitted changes"
-    fi
-fi
-[[ -x $meshd ]] || die "no meshd binary at $meshd"
-meshd_version=$("$meshd" --version 2>&1 || true)
-[[ $meshd_version == meshd* ]] || die "$meshd --version printed '$meshd_version', not 'meshd X.Y.Z'"
+find_meshd
 wrk_version=$({ wrk -v 2>&1 || true; } | head -1 | cut -d' ' -f1-2)
 
-pin_proxy=()
-pin_load=()
+pin_cpus
 proxy_cpus=-
-if [[ $PIN == 1 ]] && (($(nproc) >= 2)); then
-    pin_proxy=(taskset -c "$PROXY_CPUS")
-    pin_load=(taskset -c "$LOAD_CPUS")
-    proxy_cpus=$PROXY_CPUS
-else
-    PIN=0
-fi
+if [[ $PIN == 1 ]]; then proxy_cpus=$PROXY_CPUS; fi
 
 # Every process (meshd, the python client) holds CONNS sockets plus a few.
 want_fds=$((CONNS + 4096))
@@ -180,19 +128,7 @@ clk_tck=$(getconf CLK_TCK)
 
 # ---------------------------------------------------------------- helpers
 commands=()   # what was run, for the report
-quote() { # quote ARG...: the words as one shell-pasteable line
-    local a words=()
-    for a in "$@"; do
-        if [[ $a =~ ^[A-Za-z0-9_./:=@,+-]+$ ]]; then
-            words+=("$a")
-        elif [[ $a != *\'* ]]; then
-            words+=("'$a'")
-        else
-            words+=("$(printf '%q' "$a")")
-        fi
-    done
-    echo "${words[*]}"
-}
+# quote (the words as one shell-pasteable line): benches/lib.sh
 note_cmd() { commands+=("$(quote "$@")"); }
 
 # start NAME CMD...: starts CMD in the background, output to $tmp/NAME.log;
@@ -214,7 +150,6 @@ forget() {
     started_pids=("${keep[@]}")
 }
 
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # wait_http NAME PID URL [CURL_OPTION...]: waits up to 60 s for URL (give -f
 # to wait for a 2xx).

@@ -1,7 +1,8 @@
 # benches/lib.sh: shell helpers shared by wrk.sh, latency.sh and h2.sh.
 # Sourced, not run. The caller defines `die`, `$tmp` (its temp dir),
 # `$clk_tck` (getconf CLK_TCK) and the arrays `commands` and
-# `started_pids`; `start` sets `$last_pid`.
+# `started_pids`; `start` sets `$last_pid`. `log`, `die` and `$root` come
+# from the caller too.
 # shellcheck shell=bash disable=SC2154,SC2034  # $tmp, $clk_tck: set by the caller; $last_pid: read by it
 
 # with_cleanup NAME: makes the temp dir $tmp and the list started_pids, and
@@ -17,8 +18,8 @@ with_cleanup() {
 # shellcheck disable=SC2317  # called from the trap
 stop_pid() {
     local pid=$1 i
-    kill -TERM "$pid" 2>/dev/null || return 0
-    for ((i = 0; i < 30; i++)); do
+    kill -TERM "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    for ((i = 0; i < 50; i++)); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
@@ -36,6 +37,49 @@ cleanup() {
     rm -rf "$tmp"
     exit "$rc"
 }
+# install_pkgs PKG...: apt-get installs the Debian packages named (none: nothing).
+install_pkgs() {
+    (($#)) || return 0
+    local sudo=()
+    if [[ $(id -u) != 0 ]]; then sudo=(sudo); fi
+    log "installing $*"
+    "${sudo[@]}" apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$@" >&2
+}
+
+# find_meshd: sets $meshd (MESHD_BIN, else `cargo build --release` in
+# $root), $meshd_source (what it is) and $meshd_version.
+find_meshd() {
+    if [[ -n ${MESHD_BIN:-} ]]; then
+        meshd=$MESHD_BIN
+        meshd_source="binary $MESHD_BIN"
+    else
+        log "cargo build --release"
+        (cd "$root" && cargo build --release >&2) || die "cargo build --release failed"
+        meshd=${CARGO_TARGET_DIR:-$root/target}/release/meshd
+        meshd_source="built from commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+        if [[ -n $(git -C "$root" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+            meshd_source+=" with uncommitted changes"
+        fi
+    fi
+    [[ -x $meshd ]] || die "no meshd binary at $meshd"
+    meshd_version=$("$meshd" --version 2>&1 || true)
+    [[ $meshd_version == meshd* ]] || die "$meshd --version printed '$meshd_version', not 'meshd X.Y.Z'"
+}
+
+# pin_cpus: with PIN=1 and two CPUs or more, sets the taskset prefixes
+# pin_proxy (PROXY_CPUS) and pin_load (LOAD_CPUS); else PIN=0 and both empty.
+pin_cpus() {
+    pin_proxy=()
+    pin_load=()
+    if [[ $PIN == 1 ]] && (($(nproc) >= 2)); then
+        pin_proxy=(taskset -c "$PROXY_CPUS")
+        pin_load=(taskset -c "$LOAD_CPUS")
+    else
+        PIN=0
+    fi
+}
+
 quote() { # quote ARG...: the words as one shell-pasteable line
     local a words=()
     for a in "$@"; do

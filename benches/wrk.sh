@@ -83,38 +83,11 @@ command -v nginx >/dev/null || need_pkgs+=(nginx)
 command -v haproxy >/dev/null || need_pkgs+=(haproxy)
 command -v curl >/dev/null || need_pkgs+=(curl)
 if [[ $SYSCALLS == 1 ]] && ! command -v strace >/dev/null; then need_pkgs+=(strace); fi
-if ((${#need_pkgs[@]})); then
-    sudo=()
-    if [[ $(id -u) != 0 ]]; then sudo=(sudo); fi
-    log "installing ${need_pkgs[*]}"
-    "${sudo[@]}" apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "${need_pkgs[@]}" >&2
-fi
+install_pkgs "${need_pkgs[@]}"
 
-if [[ -n ${MESHD_BIN:-} ]]; then
-    meshd=$MESHD_BIN
-    meshd_source="binary $MESHD_BIN"
-else
-    log "cargo build --release"
-    (cd "$root" && cargo build --release >&2) || die "cargo build --release failed"
-    meshd=${CARGO_TARGET_DIR:-$root/target}/release/meshd
-    meshd_source="built from commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)"
-    if [[ -n $(git -C "$root" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
-        meshd_source+=" with uncommitted changes"
-    fi
-fi
-[[ -x $meshd ]] || die "no meshd binary at $meshd"
-meshd_version=$("$meshd" --version 2>&1 || true)
-[[ $meshd_version == meshd* ]] || die "$meshd --version printed '$meshd_version', not 'meshd X.Y.Z'"
+find_meshd
 
-pin_proxy=()
-pin_load=()
-if [[ $PIN == 1 ]] && (($(nproc) >= 2)); then
-    pin_proxy=(taskset -c "$PROXY_CPUS")
-    pin_load=(taskset -c "$LOAD_CPUS")
-else
-    PIN=0
-fi
+pin_cpus
 
 clk_tck=$(getconf CLK_TCK)
 
