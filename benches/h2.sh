@@ -184,13 +184,7 @@ backend echo
     server e2 127.0.0.1:$ECHO2_PORT
 EOF
 
-read -r mach0 _ <<<"$(machine_ticks)"
-sleep 1
-read -r mach1 _ <<<"$(machine_ticks)"
-busy_before=$(awk -v t=$((mach1 - mach0)) -v hz="$clk_tck" 'BEGIN { printf "%.2f", t / hz }')
-if awk -v b="$busy_before" 'BEGIN { exit !(b > 0.1) }'; then
-    log "warning: other processes used $busy_before CPUs in the second before the run; results will be noisy"
-fi
+measure_busy
 
 # ---------------------------------------------------------------- start
 log "starting upstreams and proxies in $tmp"

@@ -137,102 +137,9 @@ median() {
 }
 
 # ---------------------------------------------------------------- configs
-for port in "$ECHO1_PORT" "$ECHO2_PORT" "$MESHD_PORT" "$MESHD_ADMIN_PORT" "$NGINX_PORT" "$HAPROXY_PORT"; do
-    if port_in_use "$port"; then die "127.0.0.1:$port is in use (set PORT_BASE)"; fi
-done
-
-mkdir -p "$tmp/meshd-config" "$tmp/nginx" "$tmp/haproxy"
-
-# The configurations of benches/wrk.sh, with one worker each.
-cat >"$tmp/meshd-config/echo.yaml" <<EOF
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: echo}
-spec:
-  hosts: [$HOST_HEADER]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  resolution: STATIC
-  endpoints:
-  - {address: 127.0.0.1, ports: {http: $ECHO1_PORT}}
-  - {address: 127.0.0.1, ports: {http: $ECHO2_PORT}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {name: echo}
-spec:
-  host: $HOST_HEADER
-  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}
-EOF
-
-nginx_user=""
-if [[ $(id -u) == 0 ]]; then nginx_user="user root root;"; fi
-cat >"$tmp/nginx/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-$nginx_user
-pid $tmp/nginx/nginx.pid;
-error_log $tmp/nginx/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    upstream echo_up {
-        server 127.0.0.1:$ECHO1_PORT;
-        server 127.0.0.1:$ECHO2_PORT;
-        keepalive 64;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT default_server;
-        return 404;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT;
-        server_name $HOST_HEADER;
-        location / {
-            proxy_pass http://echo_up;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host \$host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Request-ID \$request_id;
-        }
-    }
-}
-EOF
-
-cat >"$tmp/haproxy/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 4096
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 5s
-    timeout client 30s
-    timeout server 30s
-    timeout http-keep-alive 30s
-frontend fe
-    bind 127.0.0.1:$HAPROXY_PORT
-    option forwardfor
-    http-request set-header X-Forwarded-Proto http
-    http-request set-header X-Request-ID %[uuid()]
-    use_backend echo if { hdr(host) -i $HOST_HEADER }
-backend echo
-    balance roundrobin
-    server e1 127.0.0.1:$ECHO1_PORT
-    server e2 127.0.0.1:$ECHO2_PORT
-EOF
-
-read -r mach0 _ <<<"$(machine_ticks)"
-sleep 1
-read -r mach1 _ <<<"$(machine_ticks)"
-busy_before=$(awk -v t=$((mach1 - mach0)) -v hz="$clk_tck" 'BEGIN { printf "%.2f", t / hz }')
-if awk -v b="$busy_before" 'BEGIN { exit !(b > 0.1) }'; then
-    log "warning: other processes used $busy_before CPUs in the second before the run; results will be noisy"
-fi
+# The configurations of benches/wrk.sh (lib.sh), with one worker each.
+write_configs
+measure_busy
 
 # ---------------------------------------------------------------- start
 log "starting upstreams and proxies in $tmp"
@@ -440,7 +347,7 @@ for rate in $RATES; do
     done
 done
 echo
-echo "Commands (\$TMP is the script's temp dir; the configs it writes there are in benches/latency.sh):"
+echo "Commands (\$TMP is the script's temp dir; the configs it writes there are in benches/lib.sh, write_configs):"
 echo
 echo '```'
 printf '%s\n' "${commands[@]}" | sed "s|$tmp|\$TMP|g"
