@@ -60,8 +60,14 @@ pub struct WorkloadSelector {
     pub labels: Labels,
 }
 
-/// Label maps keep their order so messages and dumps are stable.
-pub type Labels = std::collections::BTreeMap<String, String>;
+/// Label maps keep their keys sorted so messages and dumps are stable.
+/// A sorted vector, not a `BTreeMap`: workload labels are a handful of
+/// entries, and a B-tree node costs ~540 bytes even for one (10,000
+/// endpoints' labels took 11 MB as B-trees).
+pub type Labels = litemap::LiteMap<String, String>;
+
+/// Port name → number, sorted like [`Labels`] and for the same reason.
+pub type PortMap = litemap::LiteMap<String, u32>;
 
 /// The error for a duration string that does not parse.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -12,7 +12,7 @@ pub struct DestinationRule {
     #[serde(default)]
     pub host: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic_policy: Option<TrafficPolicy>,
+    pub traffic_policy: Option<Box<TrafficPolicy>>,
     /// A `null` entry is kept as `None` so validation can refuse it.
     #[serde(default)]
     pub subsets: Vec<Option<Subset>>,
@@ -27,10 +27,10 @@ pub struct DestinationRule {
 pub struct Subset {
     #[serde(default)]
     pub name: String,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub traffic_policy: Option<TrafficPolicy>,
+    pub traffic_policy: Option<Box<TrafficPolicy>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]

@@ -1,10 +1,8 @@
 //! `ServiceEntry` and `WorkloadEntry` (networking.istio.io), field for field.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
-use super::common::{Labels, WorkloadSelector};
+use super::common::{Labels, PortMap, WorkloadSelector};
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -69,9 +67,9 @@ pub struct WorkloadEntry {
     #[serde(default)]
     pub address: String,
     /// Service port name → endpoint port.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub ports: BTreeMap<String, u32>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "PortMap::is_empty")]
+    pub ports: PortMap,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
     pub labels: Labels,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,

@@ -208,6 +208,9 @@ fn covers_rest(a: &HttpMatchRequest, b: &HttpMatchRequest) -> bool {
     fn sub<K: Ord, V: PartialEq>(a: &std::collections::BTreeMap<K, V>, b: &std::collections::BTreeMap<K, V>) -> bool {
         a.iter().all(|(k, v)| b.get(k) == Some(v))
     }
+    fn b_has_labels(a: &crate::config::resources::Labels, b: &crate::config::resources::Labels) -> bool {
+        a.iter().all(|(k, v)| b.get(k) == Some(v))
+    }
     fn opt<T: PartialEq>(a: &Option<T>, b: &Option<T>) -> bool {
         a.is_none() || a == b
     }
@@ -221,7 +224,7 @@ fn covers_rest(a: &HttpMatchRequest, b: &HttpMatchRequest) -> bool {
         && sub(&a.headers, &b.headers)
         && sub(&a.query_params, &b.query_params)
         && sub(&a.without_headers, &b.without_headers)
-        && sub(&a.source_labels, &b.source_labels)
+        && b_has_labels(&a.source_labels, &b.source_labels)
 }
 
 /// Item 28 for any route list, given each rule's matches (names removed):
