@@ -47,7 +47,7 @@ pub struct SourceLabels {
 
 /// The labels of one destination: a service and, when an endpoint was
 /// chosen, that endpoint's workload labels.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DestinationLabels {
     pub service: String,
     pub service_name: String,

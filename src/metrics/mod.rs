@@ -8,7 +8,8 @@
 //! statuses with response flags) resolve their handles through the label
 //! hash map once per request, which is acceptable off the happy path.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
@@ -58,6 +59,22 @@ pub struct Metrics {
     /// Where the `envoy_cluster_*` collector finds the live clusters; the
     /// upstream side binds itself here.
     pub clusters: clusters::ClusterSourceSlot,
+    /// One handle cache per distinct destination label set, shared by every
+    /// endpoint that reports it: the labels name no address, so the ten
+    /// endpoints of one version (and the same endpoints in the subset
+    /// cluster) feed one series. Locked only while building endpoints
+    /// (reloads, DNS refreshes), never on the request path.
+    caches: Mutex<Caches>,
+}
+
+/// The interned caches, weakly held: a label set disappears with the last
+/// endpoint that used it.
+#[derive(Default)]
+struct Caches {
+    by_labels: HashMap<Arc<DestinationLabels>, Weak<RequestMetricsCache>>,
+    /// Size after the last sweep of dead entries; the next sweep runs when
+    /// the map has doubled, so sweeping costs O(1) per insert.
+    swept_len: usize,
 }
 
 /// Resolved handles for one label set.
@@ -124,6 +141,7 @@ impl Metrics {
                 &["result"],
             )?,
             clusters: cluster_slot,
+            caches: Mutex::default(),
             registry,
             source,
         };
@@ -158,9 +176,21 @@ impl Metrics {
         String::from_utf8(buf).unwrap_or_default()
     }
 
-    /// A cache of handles for requests to `destination`.
-    pub fn cache(&self, destination: Arc<DestinationLabels>) -> RequestMetricsCache {
-        RequestMetricsCache { labels: destination, common: Default::default() }
+    /// The cache of handles for requests to `destination`, shared with
+    /// every other holder of an equal label set.
+    pub fn cache(&self, destination: DestinationLabels) -> Arc<RequestMetricsCache> {
+        let mut caches = self.caches.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(live) = caches.by_labels.get(&destination).and_then(Weak::upgrade) {
+            return live;
+        }
+        let labels = Arc::new(destination);
+        let cache = Arc::new(RequestMetricsCache { labels: labels.clone(), common: Default::default() });
+        caches.by_labels.insert(labels, Arc::downgrade(&cache));
+        if caches.by_labels.len() >= 2 * caches.swept_len.max(64) {
+            caches.by_labels.retain(|_, weak| weak.strong_count() > 0);
+            caches.swept_len = caches.by_labels.len();
+        }
+        cache
     }
 
     /// Records one request to `destination` without a cache (local replies,
@@ -220,7 +250,7 @@ mod tests {
     #[test]
     fn cached_and_uncached_records_land_in_one_series() {
         let metrics = Metrics::new(SourceLabels::unknown()).unwrap();
-        let dest = Arc::new(DestinationLabels::for_service("r.default.svc.cluster.local", "r", "default"));
+        let dest = DestinationLabels::for_service("r.default.svc.cluster.local", "r", "default");
         let cache = metrics.cache(dest.clone());
         let rec =
             |status, flags| RequestRecord { status, flags, duration_ms: 1.0, request_bytes: 10, response_bytes: 20 };
@@ -241,5 +271,24 @@ mod tests {
         assert_eq!(line("200", "-").as_deref(), Some("3"));
         assert_eq!(line("503", "UF").as_deref(), Some("1"));
         assert!(text.contains("istio_request_duration_milliseconds_bucket{"));
+    }
+
+    #[test]
+    fn equal_destinations_share_one_cache_until_the_last_holder_drops() {
+        let metrics = Metrics::new(SourceLabels::unknown()).unwrap();
+        let v1 = || DestinationLabels::for_service("r.default.svc.cluster.local", "r", "default");
+        let a = metrics.cache(v1());
+        let b = metrics.cache(v1());
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = metrics.cache(DestinationLabels::for_service("s.default.svc.cluster.local", "s", "default"));
+        assert!(!Arc::ptr_eq(&a, &other));
+        drop((a, b));
+        for i in 0..200 {
+            drop(metrics.cache(DestinationLabels::for_service(&format!("h{i}"), "h", "default")));
+        }
+        let live = metrics.caches.lock().unwrap().by_labels.values().filter(|w| w.strong_count() > 0).count();
+        let kept = metrics.caches.lock().unwrap().by_labels.len();
+        assert_eq!(live, 1, "only `other` is still held");
+        assert!(kept < 200, "dead entries are swept: {kept} kept");
     }
 }

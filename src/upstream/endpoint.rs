@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
 
@@ -25,13 +25,14 @@ pub struct Endpoint {
     active: AtomicU32,
     /// Connections to this endpoint, one pool per worker thread
     /// ([`shard`](super::shard)): a connection stays with the thread that
-    /// drives it.
-    pools: Box<[ConnectionPool]>,
+    /// drives it. Made at the first request: most endpoints of a large
+    /// mesh are never called from one pod.
+    pools: OnceLock<Box<[ConnectionPool]>>,
     /// Consecutive-error counters and ejection state; lives with the
     /// endpoint so it survives configuration swaps that keep it.
     pub outlier: OutlierState,
     /// Resolved metric handles for requests served by this endpoint.
-    pub metrics: RequestMetricsCache,
+    pub metrics: Arc<RequestMetricsCache>,
     /// The registry the handles belong to (for rare label sets).
     pub registry: Arc<Metrics>,
     /// When the endpoint joined a live cluster, for slow start; `None` for
@@ -75,9 +76,9 @@ impl Endpoint {
             weight: weight.max(1),
             labels,
             active: AtomicU32::new(0),
-            pools: (0..super::shard::count()).map(|_| ConnectionPool::new(addr)).collect(),
+            pools: OnceLock::new(),
             outlier: OutlierState::new(),
-            metrics: metrics.cache(Arc::new(destination)),
+            metrics: metrics.cache(destination),
             registry: metrics.clone(),
             added: None,
         }
@@ -96,14 +97,20 @@ impl Endpoint {
 
     /// The calling worker's connection pool.
     pub fn pool(&self) -> &ConnectionPool {
+        let pools = self.pools.get_or_init(|| {
+            // At least one, so the index below is always in range.
+            let count = super::shard::count().max(1);
+            (0..count).map(|_| ConnectionPool::new(self.addr)).collect()
+        });
         let shard = super::shard::current();
-        // `pools` is never empty; the modulo keeps a stray shard index in range.
-        &self.pools[shard % self.pools.len()]
+        // The modulo keeps a stray shard index in range.
+        &pools[shard % pools.len()]
     }
 
-    /// Every worker's pool (for eviction and the admin page).
+    /// Every worker's pool (for eviction and the admin page); empty until
+    /// the first request.
     pub fn pools(&self) -> &[ConnectionPool] {
-        &self.pools
+        self.pools.get().map_or(&[], |pools| pools)
     }
 
     pub fn active_requests(&self) -> u32 {
