@@ -39,9 +39,9 @@ fn cluster(lb: LbPolicy, n: u16, metrics: &std::sync::Arc<Metrics>) -> std::sync
         subset: None,
         endpoints: endpoints.collect(),
         dns: Vec::new(),
-        policy: ClusterPolicy { lb, ..ClusterPolicy::default() },
+        policy: std::sync::Arc::new(ClusterPolicy { lb, ..ClusterPolicy::default() }),
     };
-    Cluster::new(&spec, metrics)
+    Cluster::new(&std::sync::Arc::new(spec), metrics)
 }
 
 fn balancing(c: &mut Criterion) {

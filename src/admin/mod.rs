@@ -111,16 +111,26 @@ fn config_dump(snapshot: &Snapshot) -> Response<Full<Bytes>> {
             })
         })
         .collect();
-    let dump = serde_json::json!({
-        "version": snapshot.version,
-        "contentHash": format!("{:016x}", snapshot.config.content_hash),
-        "config": &*snapshot.config,
-        "clusters": clusters,
-    });
+    let dump = Dump {
+        version: snapshot.version,
+        content_hash: format!("{:016x}", snapshot.config.content_hash),
+        config: &snapshot.config.json,
+        clusters,
+    };
     json(&dump)
 }
 
-fn json(value: &serde_json::Value) -> Response<Full<Bytes>> {
+/// The `/config_dump` document.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Dump<'a> {
+    version: u64,
+    content_hash: String,
+    config: &'a serde_json::value::RawValue,
+    clusters: Vec<serde_json::Value>,
+}
+
+fn json(value: &impl serde::Serialize) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => {
             let mut response = Response::new(Full::new(Bytes::from(body)));

@@ -96,6 +96,7 @@ pub fn compile(config: &Config) -> Compiled {
             });
         }
     }
+    let clusters = clusters.into_iter().map(Arc::new).collect();
     Compiled { table: RouteTable { hosts, virtual_hosts: vhosts }, clusters, warnings }
 }
 

@@ -102,7 +102,7 @@ fn merge<'c>(rules: &[&'c Resource<DestinationRule>]) -> MergedRule<'c> {
     let mut merged = MergedRule::default();
     for dr in rules {
         if merged.policy.is_none() {
-            merged.policy = dr.spec.traffic_policy.as_ref();
+            merged.policy = dr.spec.traffic_policy.as_deref();
         }
         for subset in dr.spec.subsets.iter().flatten() {
             if !merged.subsets.iter().any(|s| s.name == subset.name) {
@@ -185,7 +185,7 @@ mod tests {
         let idx = RuleIndex::new(&c, &mut Vec::new());
         let merged = idx.lookup("reviews.default.svc.cluster.local", "default").unwrap();
         assert_eq!(names(&merged), ["v1", "v2"]);
-        assert_eq!(merged.subsets[0].labels["x"], "later");
+        assert_eq!(merged.subsets[0].labels.get("x").unwrap(), "later");
         assert!(merged.policy.is_some());
         // With timestamps, `a` is older and comes first.
         let yaml = yaml.replace(
@@ -196,7 +196,7 @@ mod tests {
         let idx = RuleIndex::new(&c, &mut Vec::new());
         let merged = idx.lookup("reviews.default.svc.cluster.local", "default").unwrap();
         assert_eq!(names(&merged), ["v1", "v2"]);
-        assert_eq!(merged.subsets[0].labels["version"], "v1");
+        assert_eq!(merged.subsets[0].labels.get("version").unwrap(), "v1");
     }
 
     #[test]

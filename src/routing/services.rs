@@ -10,17 +10,17 @@
 //! proxy's namespace wins, then the oldest (creationTimestamp, then load
 //! order); later ones are dropped with a warning.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::config::resources::{Labels, Resolution, Resource, ServiceEntry, ServicePort, Subset};
+use crate::config::resources::{Labels, PortMap, Resolution, Resource, ServiceEntry, ServicePort, Subset};
 use crate::config::{host, Config, Problem};
 
 use super::compile::{exported_to, precedence, warn};
 use super::dest_rule::{MergedRule, RuleIndex};
 use super::policy::{cluster_policy, resolve_policy};
-use super::{ClusterId, ClusterSpec, DnsTarget, EndpointSpec, ServiceMeta};
+use super::{ClusterId, ClusterPolicy, ClusterSpec, DnsTarget, EndpointSpec, ServiceMeta};
 
 /// One registry service: a host of a ServiceEntry.
 #[derive(Debug)]
@@ -59,7 +59,7 @@ enum Target {
 /// An endpoint source (inline or standalone WorkloadEntry) before ports.
 struct Candidate<'c> {
     target: Target,
-    ports: &'c BTreeMap<String, u32>,
+    ports: &'c PortMap,
     weight: u32,
     labels: Arc<Labels>,
 }
@@ -135,9 +135,10 @@ impl<'c> Registry<'c> {
                         endpoints,
                         implicit: &implicit,
                     };
-                    registry.push_cluster(&mut clusters, build.cluster(&rule, None));
+                    let mut policy = None;
+                    registry.push_cluster(&mut clusters, build.cluster(&rule, None, &mut policy));
                     for subset in &rule.subsets {
-                        registry.push_cluster(&mut clusters, build.cluster(&rule, Some(subset)));
+                        registry.push_cluster(&mut clusters, build.cluster(&rule, Some(subset), &mut policy));
                     }
                 }
                 registry.by_host.insert(fqdn.clone(), registry.services.len());
@@ -184,7 +185,15 @@ struct ClusterBuild<'a> {
 }
 
 impl ClusterBuild<'_> {
-    fn cluster(&self, rule: &MergedRule<'_>, subset: Option<&Subset>) -> ClusterSpec {
+    /// The cluster of `subset` (the default cluster when `None`). `shared`
+    /// is the previous cluster's policy of this port: a subset without a
+    /// policy of its own resolves to the same one, and shares it.
+    fn cluster(
+        &self,
+        rule: &MergedRule<'_>,
+        subset: Option<&Subset>,
+        shared: &mut Option<Arc<ClusterPolicy>>,
+    ) -> ClusterSpec {
         let selector = subset.map(|s| &s.labels);
         let in_subset =
             |labels: &Labels| selector.map_or(true, |sel| sel.iter().all(|(k, v)| labels.get(k) == Some(v)));
@@ -211,7 +220,12 @@ impl ClusterBuild<'_> {
             dns.push(DnsTarget { port: self.target_port, ..target.clone() });
         }
         let subset_name = subset.map_or("", |s| s.name.as_str());
-        let policy = resolve_policy(rule.policy, subset.and_then(|s| s.traffic_policy.as_ref()), self.port);
+        let policy =
+            cluster_policy(resolve_policy(rule.policy, subset.and_then(|s| s.traffic_policy.as_deref()), self.port));
+        let policy = match shared.as_ref().filter(|s| ***s == policy) {
+            Some(same) => same.clone(),
+            None => shared.insert(Arc::new(policy)).clone(),
+        };
         ClusterSpec {
             name: cluster_name(Some(self.port.into()), subset_name, self.host).into(),
             service: self.meta.clone(),
@@ -219,7 +233,7 @@ impl ClusterBuild<'_> {
             subset: subset.map(|s| s.name.as_str().into()),
             endpoints,
             dns,
-            policy: cluster_policy(policy),
+            policy,
         }
     }
 }
@@ -271,7 +285,9 @@ fn candidates<'c>(
             // Metadata labels take precedence over spec labels, as istiod
             // merges them.
             let mut labels = we.spec.labels.clone();
-            labels.extend(we.meta.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+            for (k, v) in we.meta.labels.iter() {
+                labels.insert(k.clone(), v.clone());
+            }
             if !selector.labels.iter().all(|(k, v)| labels.get(k) == Some(v)) {
                 continue;
             }

@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use crate::config::{self, Problem, Sources};
 use crate::metrics::Metrics;
 use crate::routing;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{ConfigDump, Snapshot};
 use crate::upstream::Upstreams;
 
 /// How long a reload waits for new DNS clusters to resolve before swapping.
@@ -87,7 +87,8 @@ impl Reloader {
         Upstreams::warm(&clusters, WARM_TIMEOUT).await;
         let version = self.snapshot.load().version + 1;
         let summary = (config.virtual_services.len(), config.destination_rules.len(), config.service_entries.len());
-        self.snapshot.store(Arc::new(Snapshot { version, table: compiled.table, clusters, config: Arc::new(config) }));
+        let config = ConfigDump::of(&config);
+        self.snapshot.store(Arc::new(Snapshot { version, table: compiled.table, clusters, config }));
         let apply_time = applying.elapsed();
         self.metrics.config_reloads.with_label_values(&["applied"]).inc();
         self.metrics.config_version.set(version as i64);

@@ -68,7 +68,7 @@ pub struct Picked {
 // === impl Cluster ===
 
 impl Cluster {
-    pub fn new(spec: &ClusterSpec, metrics: &Arc<Metrics>) -> Arc<Self> {
+    pub fn new(spec: &Arc<ClusterSpec>, metrics: &Arc<Metrics>) -> Arc<Self> {
         let cluster = Arc::new(Cluster {
             name: spec.name.clone(),
             state: ArcSwap::from_pointee(ClusterState::build(spec.clone(), Vec::new(), None, metrics)),
@@ -188,7 +188,7 @@ impl Cluster {
 
     /// Applies a new spec for the same cluster name, keeping endpoint state
     /// for endpoints that remain. A no-op when nothing changed.
-    pub fn update(self: &Arc<Self>, spec: &ClusterSpec) {
+    pub fn update(self: &Arc<Self>, spec: &Arc<ClusterSpec>) {
         let Ok(_writing) = self.write.lock() else { return };
         let current = self.state.load_full();
         if current.spec == *spec {

@@ -24,7 +24,7 @@ use crate::routing::{ClusterSpec, EndpointSpec};
 
 /// One consistent view of a cluster.
 pub struct ClusterState {
-    pub spec: ClusterSpec,
+    pub spec: Arc<ClusterSpec>,
     /// Every endpoint, ejected or not.
     pub endpoints: EndpointSet,
     /// What balancing picks from: the endpoints not ejected, or all of
@@ -46,7 +46,7 @@ impl ClusterState {
     /// ejection state). Endpoints new to a live cluster (one that already
     /// had endpoints) get slow start; a DNS cluster's first answer does not.
     pub(super) fn build(
-        spec: ClusterSpec,
+        spec: Arc<ClusterSpec>,
         resolved: Vec<EndpointSpec>,
         previous: Option<&EndpointSet>,
         metrics: &Arc<Metrics>,
@@ -78,7 +78,7 @@ impl ClusterState {
         Self::with_health(self.spec.clone(), self.endpoints.endpoints.clone(), self.resolved.clone())
     }
 
-    fn with_health(spec: ClusterSpec, endpoints: Vec<Arc<Endpoint>>, resolved: Vec<EndpointSpec>) -> Self {
+    fn with_health(spec: Arc<ClusterSpec>, endpoints: Vec<Arc<Endpoint>>, resolved: Vec<EndpointSpec>) -> Self {
         let warmup = spec.policy.warmup;
         let total = endpoints.len();
         let up: Vec<Arc<Endpoint>> = endpoints.iter().filter(|e| !e.outlier.is_ejected()).cloned().collect();
@@ -137,7 +137,7 @@ mod tests {
             subset: None,
             endpoints,
             dns: Vec::new(),
-            policy: ClusterPolicy { outlier: Some(outlier), ..ClusterPolicy::default() },
+            policy: Arc::new(ClusterPolicy { outlier: Some(outlier), ..ClusterPolicy::default() }),
         }
     }
 
@@ -152,7 +152,7 @@ mod tests {
     fn ejected_endpoints_leave_the_healthy_set_until_panic() {
         let metrics = Metrics::new(SourceLabels::unknown()).unwrap();
         let detector = OutlierDetector::new();
-        let state = ClusterState::build(spec(0), Vec::new(), None, &metrics);
+        let state = ClusterState::build(Arc::new(spec(0)), Vec::new(), None, &metrics);
         assert_eq!(state.healthy.endpoints.len(), 3);
         eject(&detector, &state, 0);
         eject(&detector, &state, 1);
@@ -163,7 +163,7 @@ mod tests {
         // minHealthPercent 50: one healthy of three is below it, so the
         // balancer ignores health (panic) and uses all three. The endpoints
         // (and their ejection) survive the swap.
-        let panicky = ClusterState::build(spec(50), Vec::new(), Some(&state.endpoints), &metrics);
+        let panicky = ClusterState::build(Arc::new(spec(50)), Vec::new(), Some(&state.endpoints), &metrics);
         assert!(panicky.panic);
         assert_eq!(panicky.healthy.endpoints.len(), 3);
         assert_eq!(panicky.healthy_count(), 1);

@@ -93,7 +93,7 @@ impl Upstreams {
 
     /// Brings the cluster set in line with `specs`; returns the clusters in
     /// the order of `specs` (so `ClusterId(i)` indexes the result).
-    pub fn reconcile(&self, specs: &[ClusterSpec]) -> Vec<Arc<Cluster>> {
+    pub fn reconcile(&self, specs: &[Arc<ClusterSpec>]) -> Vec<Arc<Cluster>> {
         let metrics = &self.shared.metrics;
         let Ok(mut clusters) = self.shared.clusters.lock() else {
             return specs.iter().map(|s| Cluster::new(s, metrics)).collect();

@@ -44,7 +44,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use hyper::client::conn::http1::SendRequest;
@@ -67,8 +67,10 @@ pub struct ConnectionPool {
     addr: SocketAddr,
     /// Idle connections, waiters and the open count. Shared weakly with
     /// the connections' driver tasks, so that a closing connection can wake
-    /// a waiter without keeping a removed endpoint's pool alive.
-    state: Arc<Mutex<State>>,
+    /// a waiter without keeping a removed endpoint's pool alive. Created
+    /// at the first checkout: most endpoints of a large mesh config are
+    /// never called from one pod, and each worker has a pool per endpoint.
+    state: OnceLock<Arc<Mutex<State>>>,
 }
 
 struct State {
@@ -160,8 +162,7 @@ enum Step {
 
 impl ConnectionPool {
     pub fn new(addr: SocketAddr) -> Self {
-        let state = State { idle: Vec::new(), waiters: VecDeque::new(), open: 0 };
-        ConnectionPool { addr, state: Arc::new(Mutex::new(state)) }
+        ConnectionPool { addr, state: OnceLock::new() }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -229,17 +230,19 @@ impl ConnectionPool {
     /// Closes idle connections that are past their idle timeout or maximum
     /// duration at `now`, or that the peer closed.
     pub fn evict_idle(&self, now: Instant) {
-        self.lock().idle.retain(|conn| conn.usable(now));
+        if let Some(state) = self.state.get() {
+            lock(state).idle.retain(|conn| conn.usable(now));
+        }
     }
 
     /// Number of idle connections.
     pub fn idle_count(&self) -> usize {
-        self.lock().idle.len()
+        self.state.get().map_or(0, |state| lock(state).idle.len())
     }
 
     /// Number of connections open or being opened.
     pub fn open_count(&self) -> usize {
-        self.lock().open
+        self.state.get().map_or(0, |state| lock(state).open)
     }
 
     fn next_step(
@@ -260,7 +263,7 @@ impl ConnectionPool {
         }
         if let Some(slot) = resources.try_connection(state.open == 0) {
             state.open += 1;
-            return Ok(Step::Connect(OpenConnection { slot: Some(slot), pool: Arc::downgrade(&self.state) }));
+            return Ok(Step::Connect(OpenConnection { slot: Some(slot), pool: Arc::downgrade(self.shared()) }));
         }
         let (tx, rx) = oneshot::channel();
         // Drop waiters that went away whenever the queue reaches a power of
@@ -292,8 +295,15 @@ impl ConnectionPool {
         }
     }
 
+    fn shared(&self) -> &Arc<Mutex<State>> {
+        self.state.get_or_init(|| {
+            let state = State { idle: Vec::new(), waiters: VecDeque::new(), open: 0 };
+            Arc::new(Mutex::new(state))
+        })
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
-        lock(&self.state)
+        lock(self.shared())
     }
 }
 
