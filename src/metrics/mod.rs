@@ -111,7 +111,6 @@ pub struct MetricsError(#[from] prometheus::Error);
 impl Metrics {
     pub fn new(source: SourceLabels) -> Result<Arc<Self>, MetricsError> {
         let registry = Registry::new();
-        let (cluster_collector, cluster_slot) = clusters::ClusterCollector::new()?;
         let histogram = |name: &str, help: &str| {
             HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), &labels::ISTIO_LABELS)
         };
@@ -140,7 +139,7 @@ impl Metrics {
                 Opts::new("meshd_upstream_connects_total", "Upstream connection attempts by result"),
                 &["result"],
             )?,
-            clusters: cluster_slot,
+            clusters: clusters::ClusterSourceSlot::default(),
             caches: Mutex::default(),
             registry,
             source,
@@ -158,7 +157,6 @@ impl Metrics {
         r.register(Box::new(metrics.downstream_connections.clone()))?;
         r.register(Box::new(metrics.upstream_connects.clone()))?;
         r.register(Box::new(build))?;
-        r.register(Box::new(cluster_collector))?;
         Ok(Arc::new(metrics))
     }
 
@@ -173,6 +171,7 @@ impl Metrics {
         // Encoding into a Vec cannot fail on I/O; a family that fails to
         // encode is skipped rather than failing the scrape.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        self.clusters.encode(&mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 

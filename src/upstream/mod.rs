@@ -63,6 +63,7 @@ use crate::routing::ClusterSpec;
 const IDLE_SWEEP: Duration = Duration::from_secs(5);
 
 /// All clusters, by name.
+#[derive(Clone)]
 pub struct Upstreams {
     /// The cluster map, shared with the metrics collector and the idle
     /// sweep (both hold it weakly).
