@@ -110,6 +110,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate(args) => validate(args),
         Command::Run(args) => {
+            tune_allocator();
             init_logs(&args.common);
             let workers = args.workers.unwrap_or_else(default_workers).max(1);
             // One runtime thread here: with one worker it serves the
@@ -125,6 +126,38 @@ fn main() -> ExitCode {
             init_logs(&args.common);
             block_on(default_workers(), meshd::demo::run(args.config, namespace(&args.common.namespace)))
         }
+    }
+}
+
+/// The glibc malloc setting `meshd run` starts with.
+///
+/// glibc serves blocks of 128 KiB and more with `mmap`, but each time such
+/// a block is freed it raises that threshold to the block's size (up to 32
+/// MiB). A proxy frees big blocks routinely (a scrape's text, a config
+/// file, a reload's tables), after which they come from the heap and stay
+/// resident: with 1,000 services, one scrape took the process from 29 to
+/// 40 MB for good, and reloads to 65 MB. A fixed threshold keeps them on
+/// `mmap`, returned to the system when freed (47 MB after reloads, the old
+/// and new tables briefly coexisting).
+///
+/// The setting is read only at process start, so meshd re-executes itself
+/// once with `GLIBC_TUNABLES` set (same PID, same arguments). When
+/// `GLIBC_TUNABLES` is already set, the user's settings are left alone. On
+/// other C libraries, or if exec fails, meshd runs as it is.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::process::CommandExt;
+
+        const TUNABLES: &str = "glibc.malloc.mmap_threshold=131072";
+        if std::env::var_os("GLIBC_TUNABLES").is_some() {
+            return;
+        }
+        let Ok(exe) = std::env::current_exe() else { return };
+        let mut args = std::env::args_os();
+        let Some(arg0) = args.next() else { return };
+        // `exec` returns only when it failed; meshd then runs untuned.
+        let _failed = std::process::Command::new(exe).arg0(arg0).args(args).env("GLIBC_TUNABLES", TUNABLES).exec();
     }
 }
 

@@ -202,6 +202,29 @@ async fn sighup_reloads_the_configuration() {
     assert_eq!(status.code(), Some(0), "log:\n{}", meshd.logs());
 }
 
+/// Scenario: `meshd run` re-executes itself once with glibc's mmap
+/// threshold fixed (so freed large blocks return to the system), keeping
+/// its PID, arguments and behaviour.
+#[tokio::test]
+async fn run_fixes_the_malloc_mmap_threshold_in_its_own_environment() {
+    let (v1, v2) = reviews_upstreams().await;
+    let config = ConfigDir::with(&(reviews_service(v1, v2) + &reviews_all_to("v1")));
+    let mut meshd = MeshdProcess::spawn(config.path(), &["--no-watch"]);
+    let http = client();
+    meshd.wait_ready(&http).await;
+    let environ = std::fs::read(format!("/proc/{}/environ", meshd.pid())).expect("read environ");
+    let vars: Vec<&[u8]> = environ.split(|b| *b == 0).collect();
+    assert!(
+        vars.contains(&&b"GLIBC_TUNABLES=glibc.malloc.mmap_threshold=131072"[..]),
+        "the running process (same PID as spawned) has the tunable"
+    );
+    let resp = send(&http, get("reviews", "/").build(meshd.addr, empty())).await;
+    assert_eq!(resp.echo_name().as_deref(), Some("reviews-v1"));
+    meshd.signal("TERM");
+    let status = meshd.wait_exit(Duration::from_secs(5)).await;
+    assert_eq!(status.code(), Some(0), "log:\n{}", meshd.logs());
+}
+
 /// Scenario: `meshd validate` exits 0 on a valid configuration and 1 on an
 /// invalid one, printing the problem with file, resource and field path.
 #[test]
