@@ -1,20 +1,23 @@
 //! Accepting downstream connections and serving HTTP/1.1 and HTTP/2 (h2c
-//! prior knowledge, detected from the connection preface) on them.
+//! prior knowledge, detected from the connection preface by
+//! [`detect`](super::detect)) on them, with hyper's own HTTP/1 and HTTP/2
+//! servers.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
 use super::body::ProxyBody;
+use super::detect::{detect, Protocol};
 use super::service::{handle, Downstream};
 use super::Proxy;
 
@@ -32,12 +35,7 @@ pub async fn serve(
     drain_timeout: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    // No per-request header-read timer: like Envoy's default
-    // (`request_headers_timeout` unset), and it would arm a boxed timer for
-    // every request head. Slow-client limits belong to the connection.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
+    let servers = Arc::new(Servers::new());
     loop {
         let accepted = tokio::select! {
             biased;
@@ -68,12 +66,11 @@ pub async fn serve(
             let respond: RequestFuture = Box::pin(async move { Ok(handle(proxy, downstream, req).await) });
             respond
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-        let conn = graceful.watch(conn);
+        let (servers, watcher, shutdown) = (servers.clone(), graceful.watcher(), shutdown.clone());
         let gauge = proxy.metrics.downstream_connections.clone();
         gauge.inc();
         tokio::spawn(async move {
-            if let Err(error) = conn.await {
+            if let Err(error) = servers.serve(stream, service, watcher, shutdown).await {
                 debug!(%peer, %error, "downstream connection ended with an error");
             }
             gauge.dec();
@@ -82,5 +79,67 @@ pub async fn serve(
     drop(listener);
     if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
         warn!(?drain_timeout, "drain timeout passed with connections still open");
+    }
+}
+
+/// The HTTP/1 and HTTP/2 server settings every connection of a listener
+/// shares.
+struct Servers {
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+}
+
+// === impl Servers ===
+
+impl Servers {
+    fn new() -> Self {
+        let mut http1 = http1::Builder::new();
+        // No per-request header-read timer: like Envoy's default
+        // (`request_headers_timeout` unset), and it would arm a boxed timer
+        // for every request head. Slow-client limits belong to the
+        // connection.
+        http1.timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new());
+        Servers { http1, http2 }
+    }
+
+    /// Serves one connection. Until its first bytes arrive it holds no
+    /// HTTP state, and a drain closes it at once; after that `watcher`
+    /// lets a drain finish its requests.
+    async fn serve<S>(
+        &self,
+        stream: TcpStream,
+        service: S,
+        watcher: Watcher,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), hyper::Error>
+    where
+        S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<ProxyBody>>
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let detected = tokio::select! {
+            detected = detect(&stream) => detected,
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        };
+        match detected {
+            Ok(Some(Protocol::Http1)) => {
+                watcher.watch(self.http1.serve_connection(TokioIo::new(stream), service)).await
+            }
+            // Boxed: HTTP/2 connections are few next to HTTP/1 ones, and
+            // inline its state would size every connection's task.
+            Ok(Some(Protocol::Http2)) => {
+                let conn = Box::pin(watcher.watch(self.http2.serve_connection(TokioIo::new(stream), service)));
+                conn.await
+            }
+            Ok(None) => Ok(()),
+            Err(error) => {
+                debug!(%error, "reading the first bytes failed");
+                Ok(())
+            }
+        }
     }
 }

@@ -33,6 +33,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 pub mod body;
+mod detect;
 mod exchange;
 pub mod flags;
 mod forward;
