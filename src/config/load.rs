@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use xxhash_rust::xxh64::Xxh64;
 
 use super::resources::{Kind, Meta, Resource, ResourceId, Source};
 use super::{yaml, Config, Problem, Sources};
@@ -34,8 +35,7 @@ struct Origin<'a> {
 /// Loads every resource under `sources`. Never fails as a whole: problems
 /// (errors and warnings) are returned beside whatever could be read.
 pub fn load(sources: &Sources) -> (Config, Vec<Problem>) {
-    let (texts, hash, problems) = read_all(sources);
-    parse_all(sources, texts, hash, problems)
+    parse_all(sources, read_all(sources))
 }
 
 /// Like [`load`], but `None` when the files hash to `last_hash`: the
@@ -43,17 +43,29 @@ pub fn load(sources: &Sources) -> (Config, Vec<Problem>) {
 /// burst of events, a ConfigMap flip to the same content) costs reading
 /// and hashing, not parsing.
 pub fn load_if_changed(sources: &Sources, last_hash: Option<u64>) -> Option<(Config, Vec<Problem>)> {
-    let (texts, hash, problems) = read_all(sources);
-    if last_hash == Some(hash) {
+    let read = read_all(sources);
+    if last_hash == Some(read.hash) {
         return None;
     }
-    Some(parse_all(sources, texts, hash, problems))
+    Some(parse_all(sources, read))
+}
+
+/// What reading the sources gave.
+struct Read {
+    /// Each file's name and text, in load order.
+    texts: Vec<(Arc<Path>, String)>,
+    /// xxh64 of the names and contents: every watcher event makes meshd
+    /// read and hash the whole set (megabytes), and SipHash, the standard
+    /// library's, is several times slower at it.
+    hash: u64,
+    /// Files and directories that could not be read.
+    problems: Vec<Problem>,
 }
 
 /// Every file's text, and the hash of their names and contents.
-fn read_all(sources: &Sources) -> (Vec<(Arc<Path>, String)>, u64, Vec<Problem>) {
+fn read_all(sources: &Sources) -> Read {
     let mut problems = Vec::new();
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let mut hasher = Xxh64::new(0);
     let mut texts = Vec::new();
     for file in list_files(&sources.paths, &mut problems) {
         let file: Arc<Path> = Arc::from(file.as_path());
@@ -62,15 +74,11 @@ fn read_all(sources: &Sources) -> (Vec<(Arc<Path>, String)>, u64, Vec<Problem>) 
         text.hash(&mut hasher);
         texts.push((file, text));
     }
-    (texts, hasher.finish(), problems)
+    Read { texts, hash: hasher.finish(), problems }
 }
 
-fn parse_all(
-    sources: &Sources,
-    texts: Vec<(Arc<Path>, String)>,
-    hash: u64,
-    mut problems: Vec<Problem>,
-) -> (Config, Vec<Problem>) {
+fn parse_all(sources: &Sources, read: Read) -> (Config, Vec<Problem>) {
+    let Read { texts, hash, mut problems } = read;
     let mut config = Config { namespace: sources.namespace.clone(), content_hash: hash, ..Config::default() };
     for (file, text) in texts {
         load_text(&text, &file, &mut config, &mut problems);
