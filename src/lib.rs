@@ -35,7 +35,8 @@
 //! - [`admin`]: `/ready`, `/healthz`, `/stats/prometheus`, `/config_dump`,
 //!   and `/clusters` (`admin::clusters`: endpoint health and ejections,
 //!   text or JSON).
-//! - [`server`]: wiring and lifecycle (first load, reloads, drain);
+//! - [`server`]: wiring and lifecycle (first load, reloads prepared on
+//!   `SCHED_IDLE` threads so they never take CPU from requests, drain);
 //!   [`signals`] maps SIGHUP and SIGTERM onto it.
 //! - [`echo`] and [`demo`]: the built-in upstream and the quickstart demo.
 

@@ -19,6 +19,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
+mod background;
 mod reload;
 mod workers;
 
