@@ -11,8 +11,10 @@
 //! - [`routing`]: compiles a validated [`config::Config`] into an immutable
 //!   [`routing::RouteTable`] (virtual hosts by domain, ordered routes,
 //!   weighted destinations, each route's timeout and retry policy in
-//!   [`routing::retry`]) and one [`routing::ClusterSpec`] per
-//!   `outbound|PORT|SUBSET|HOST` cluster, whose [`routing::ClusterPolicy`]
+//!   [`routing::retry`], its redirect, direct response, rewrite, header
+//!   operations and fault in [`routing::actions`]) and one
+//!   [`routing::ClusterSpec`] per `outbound|PORT|SUBSET|HOST` cluster,
+//!   whose [`routing::ClusterPolicy`]
 //!   is the DestinationRule's traffic policy after Istio's port-level and
 //!   subset overrides, with Istio's and Envoy's defaults applied.
 //! - [`upstream`]: the long-lived, stateful side: clusters and their

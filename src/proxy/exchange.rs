@@ -44,6 +44,7 @@ use super::flags::ResponseFlags;
 use super::forward::{self, ForwardError};
 use super::headers;
 use super::local::LocalReply;
+use crate::routing::actions::Mutations;
 use crate::routing::retry::{Failure, RetryPolicy, RoutePolicy};
 use crate::upstream::outlier::Outcome;
 use crate::upstream::resources::{RequestSlot, RetrySlot};
@@ -64,9 +65,16 @@ pub struct Exchange {
     /// `Set-Cookie` for a generated hash cookie.
     pub set_cookie: Option<HeaderValue>,
     pub start: Instant,
+    /// When the route timeout starts: `start`, or the end of an injected
+    /// delay (the fault filter runs before the router).
+    pub timeout_from: Instant,
     pub request_bytes: RequestBytes,
     /// `content-type: application/grpc*` (gRPC retry conditions apply).
     pub grpc: bool,
+    /// Flags set before the router ran (`DI`), added to the result's.
+    pub flags: ResponseFlags,
+    /// The rule's and destination's response header operations.
+    pub mutations: Option<Box<Mutations>>,
 }
 
 /// The attempts of one exchange; outlives the attempt future so a route
@@ -135,7 +143,7 @@ pub async fn run(ex: Exchange, req: Request<RequestBody>) -> Response<ProxyBody>
     let finished = match ex.route.timeout {
         None => attempts.run(&ex).await,
         Some(timeout) => {
-            let timed = Box::pin(tokio::time::timeout_at(ex.start + timeout, attempts.run(&ex)));
+            let timed = Box::pin(tokio::time::timeout_at(ex.timeout_from + timeout, attempts.run(&ex)));
             match timed.await {
                 Ok(finished) => finished,
                 Err(_) => {
@@ -149,15 +157,19 @@ pub async fn run(ex: Exchange, req: Request<RequestBody>) -> Response<ProxyBody>
         }
     };
     match finished {
-        Finished::Proxied { response, conn, active, flags } => proxied(ex, response, conn, active, flags, slot),
+        Finished::Proxied { response, conn, active, flags } => {
+            let flags = flags | ex.flags;
+            proxied(ex, response, conn, active, flags, slot)
+        }
         Finished::Local { reply, endpoint } => local(&ex, reply, endpoint.as_ref()),
     }
 }
 
 /// Records a local reply against the endpoint tried last (or the cluster's
 /// service) and builds it.
-fn local(ex: &Exchange, reply: LocalReply, endpoint: Option<&Arc<Endpoint>>) -> Response<ProxyBody> {
+fn local(ex: &Exchange, mut reply: LocalReply, endpoint: Option<&Arc<Endpoint>>) -> Response<ProxyBody> {
     let bytes = ex.request_bytes.total();
+    reply.flags |= ex.flags;
     match endpoint {
         Some(e) => reply.into_response(&e.registry, e.metrics.labels(), ex.start, bytes),
         None => {
@@ -185,6 +197,9 @@ fn proxied(
     if let Some(cookie) = ex.set_cookie {
         parts.headers.append(http::header::SET_COOKIE, cookie);
     }
+    if let Some(mutations) = &ex.mutations {
+        mutations.apply_response(&mut parts.headers);
+    }
     let done = Completion {
         status: parts.status.as_u16(),
         response_bytes: headers::STATUS_LINE_BYTES + headers::block_bytes(&parts.headers),
@@ -195,7 +210,7 @@ fn proxied(
         request_bytes: ex.request_bytes,
         slot: Some(slot),
     };
-    let deadline = ex.route.timeout.map(|t| Box::pin(tokio::time::sleep_until(ex.start + t)));
+    let deadline = ex.route.timeout.map(|t| Box::pin(tokio::time::sleep_until(ex.timeout_from + t)));
     Response::from_parts(parts, ProxyBody::Upstream { inner, done: Some(done), deadline })
 }
 
@@ -217,6 +232,8 @@ impl Attempts {
                 let bytes = collect(incoming).await?;
                 (RequestBody::Replay(Some(bytes.clone())), Some(Some(bytes)))
             }
+            // Already read whole (a mirrored request's body).
+            RequestBody::Replay(Some(bytes)) => (RequestBody::Replay(Some(bytes.clone())), Some(Some(bytes))),
             other => (other, None),
         };
         if let Some(body) = kept {
@@ -410,7 +427,7 @@ fn expected_timeout_ms(route: &RoutePolicy) -> Option<u64> {
 }
 
 /// Reads a request body whole (it is known to be small).
-async fn collect(body: Incoming) -> Result<Bytes, LocalReply> {
+pub(super) async fn collect(body: Incoming) -> Result<Bytes, LocalReply> {
     match body.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(_) => Err(LocalReply::bad_request("request body ended early")),

@@ -2,9 +2,8 @@
 //! upstream failures), with Envoy's status, body and response flag, and
 //! their metrics.
 
-use std::borrow::Cow;
-
-use http::header::{self, HeaderValue};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 use tokio::time::Instant;
 
@@ -16,9 +15,13 @@ use crate::metrics::{DestinationLabels, Metrics, RequestRecord};
 pub struct LocalReply {
     pub status: StatusCode,
     pub flags: ResponseFlags,
-    pub body: Cow<'static, str>,
+    pub body: Bytes,
     /// Adds `x-envoy-overloaded: true` (circuit-breaker overflow).
     pub overloaded: bool,
+    /// Headers of the reply's own (`Location`, a rule's response header
+    /// operations); each name here replaces the default of that name.
+    /// Empty, and so not allocated, for most replies.
+    pub headers: HeaderMap,
 }
 
 /// Envoy's body prefix for upstream resets and connect failures.
@@ -67,8 +70,10 @@ impl LocalReply {
         LocalReply::new(StatusCode::BAD_REQUEST, ResponseFlags::DPE, why)
     }
 
-    fn new(status: StatusCode, flags: ResponseFlags, body: impl Into<Cow<'static, str>>) -> Self {
-        LocalReply { status, flags, body: body.into(), overloaded: false }
+    /// A reply a rule asks for (`redirect`, `directResponse`, a fault
+    /// abort).
+    pub fn new(status: StatusCode, flags: ResponseFlags, body: impl Into<Bytes>) -> Self {
+        LocalReply { status, flags, body: body.into(), overloaded: false, headers: HeaderMap::new() }
     }
 
     /// Records the reply against `destination` and builds the response.
@@ -81,10 +86,7 @@ impl LocalReply {
     ) -> Response<ProxyBody> {
         let body_len = self.body.len();
         let flags = self.flags.as_str();
-        let mut response = Response::new(ProxyBody::local(match self.body {
-            Cow::Borrowed(s) => bytes::Bytes::from_static(s.as_bytes()),
-            Cow::Owned(s) => bytes::Bytes::from(s),
-        }));
+        let mut response = Response::new(ProxyBody::local(self.body));
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         if body_len > 0 {
@@ -93,6 +95,12 @@ impl LocalReply {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body_len));
         if self.overloaded {
             headers.insert(super::headers::X_ENVOY_OVERLOADED.clone(), HeaderValue::from_static("true"));
+        }
+        if !self.headers.is_empty() {
+            for name in self.headers.keys() {
+                headers.remove(name);
+            }
+            headers.extend(self.headers);
         }
         let response_bytes = super::headers::STATUS_LINE_BYTES + super::headers::block_bytes(headers) + body_len as u64;
         metrics.record(

@@ -25,6 +25,9 @@
 //!   (connect failure, dead reused connection) is handed back for a retry.
 //! - `local`: failures before response headers become local replies with
 //!   Envoy's status, body and response flag (`flags`).
+//! - `actions`: a rule's redirect, direct response, CORS preflight and
+//!   fault abort replies, and the rewrite and header operations of a
+//!   forwarded request; `mirror`: fire-and-forget copies to mirror clusters.
 //! - `body`: the response body stream and the bookkeeping at its end;
 //!   `headers`, `path`: header and path handling; `listener`: accept loops.
 
@@ -32,6 +35,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+mod actions;
 pub mod body;
 mod detect;
 mod exchange;
@@ -41,6 +45,7 @@ pub mod hash_key;
 pub mod headers;
 pub mod listener;
 mod local;
+mod mirror;
 mod overrides;
 mod path;
 pub mod service;

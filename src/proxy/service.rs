@@ -11,17 +11,19 @@ use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::actions::{direct_reply, fault_abort, preflight_reply, redirect_reply, rewrite};
 use super::body::{BodyBytes, ProxyBody, RequestBytes};
 use super::exchange::{self, Exchange};
 use super::hash_key::{self, RequestHash};
 use super::headers;
 use super::local::LocalReply;
-use super::{overrides, path, Proxy};
+use super::{mirror, overrides, path, Proxy, ResponseFlags};
 use crate::metrics::DestinationLabels;
+use crate::routing::actions::{CorsDecision, Mirror, Mutations};
 use crate::routing::retry::RoutePolicy;
 use crate::routing::{Action, ClusterRef, Lookup, RequestView};
 use crate::snapshot::Snapshot;
-use crate::upstream::RequestBody;
+use crate::upstream::{Cluster, RequestBody};
 
 /// Per-connection facts the request path needs.
 #[derive(Clone, Copy, Debug)]
@@ -35,6 +37,19 @@ pub struct Downstream {
 /// recorded against (boxed: the error path is rare and the pair is large).
 type Refusal = Box<(LocalReply, DestinationLabels)>;
 
+/// What routing chose for a request that is forwarded.
+struct Chosen {
+    /// Index of the cluster in the snapshot.
+    cluster: usize,
+    policy: Arc<RoutePolicy>,
+    /// The rule's fault, rewrite and header operations; `None` on plain
+    /// routes.
+    mutations: Option<Box<Mutations>>,
+    /// The mirror clusters sampled for this request (empty, and not
+    /// allocated, on most routes).
+    mirrors: Vec<Arc<Cluster>>,
+}
+
 /// Handles one request; never fails (errors become local replies).
 pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<Incoming>) -> Response<ProxyBody> {
     let start = Instant::now();
@@ -43,8 +58,8 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
     // dropped before the first await.
     let snapshot = proxy.snapshot.load();
     let head_bytes = request_head_bytes(&req);
-    let (index, route) = match route(&snapshot, &downstream, &req) {
-        Ok(decision) => decision,
+    let Chosen { cluster: index, policy, mutations, mirrors } = match route(&snapshot, &downstream, &req) {
+        Ok(chosen) => chosen,
         Err(refusal) => {
             let (reply, destination) = *refusal;
             return reply.into_response(&proxy.metrics, &destination, start, head_bytes);
@@ -55,6 +70,24 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
         return LocalReply::no_cluster().into_response(&proxy.metrics, &destination, start, head_bytes);
     };
     drop(snapshot);
+    let (mut flags, mut timeout_from) = (ResponseFlags::NONE, start);
+    if let Some(fault) = mutations.as_deref().and_then(Mutations::fault) {
+        let injection = fault.sample(|| fastrand::u32(..1_000_000));
+        if let Some(delay) = injection.delay {
+            // Boxed in a statement of its own: rare, and kept out of the
+            // request future's common state.
+            let sleep = Box::pin(tokio::time::sleep(delay));
+            sleep.await;
+            flags |= ResponseFlags::DI;
+            timeout_from = Instant::now();
+        }
+        if let Some(abort) = injection.abort {
+            let mut reply = fault_abort(abort);
+            reply.flags |= flags;
+            let labels = cluster.service_labels();
+            return reply.into_response(cluster.metrics(), &labels, start, head_bytes);
+        }
+    }
     let hash =
         cluster.state().spec.policy.hash.as_ref().map(|h| hash_key::request_hash(&h.key, &req, downstream.peer.ip()));
     let (hash, set_cookie) = match hash {
@@ -63,19 +96,25 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
         Some(RequestHash::NewCookie { hash, set_cookie }) => (Some(hash), Some(set_cookie)),
     };
     let grpc = is_grpc(&req);
-    let route = overrides::apply(req.headers_mut(), &route).unwrap_or(route);
-    let (upstream_req, request_bytes) = prepare(req, &downstream, head_bytes);
-    let ex = Exchange { cluster, route, hash, set_cookie, start, request_bytes, grpc };
+    let route = overrides::apply(req.headers_mut(), &policy).unwrap_or(policy);
+    if let Some(mutations) = &mutations {
+        rewrite(&mut req, mutations);
+    }
+    let (mut upstream_req, request_bytes) = prepare(req, &downstream, head_bytes);
+    if !mirrors.is_empty() {
+        let copies = Box::pin(mirror::send_copies(mirrors, upstream_req, &route, head_bytes));
+        upstream_req = match copies.await {
+            Ok(req) => req,
+            Err(reply) => return reply.into_response(cluster.metrics(), &cluster.service_labels(), start, head_bytes),
+        };
+    }
+    let ex = Exchange { cluster, route, hash, set_cookie, start, timeout_from, request_bytes, grpc, flags, mutations };
     exchange::run(ex, upstream_req).await
 }
 
 /// Finds the cluster for `req`, or the local reply to send instead (with
 /// the destination its metrics are recorded against).
-fn route(
-    snapshot: &Snapshot,
-    downstream: &Downstream,
-    req: &Request<Incoming>,
-) -> Result<(usize, Arc<RoutePolicy>), Refusal> {
+fn route(snapshot: &Snapshot, downstream: &Downstream, req: &Request<Incoming>) -> Result<Chosen, Refusal> {
     let Some(authority) = authority(req) else {
         let unknown = DestinationLabels::for_service("unknown", "unknown", "unknown");
         return Err(Box::new((LocalReply::bad_request("missing host header"), unknown)));
@@ -89,24 +128,54 @@ fn route(
         query: req.uri().query(),
         headers: req.headers(),
     };
-    let not_found = || {
+    let local = |reply: LocalReply| {
         let host = host_only(authority);
-        Box::new((LocalReply::no_route(), DestinationLabels::for_service(host, host, "unknown")))
+        Box::new((reply, DestinationLabels::for_service(host, host, "unknown")))
     };
-    let forward = match snapshot.table.find(&view) {
-        Lookup::NoVirtualHost | Lookup::NoRoute(_) => return Err(not_found()),
+    let (route, forward) = match snapshot.table.find(&view) {
+        Lookup::NoVirtualHost | Lookup::NoRoute(_) => return Err(local(LocalReply::no_route())),
         Lookup::Route(_, route) => match &route.action {
-            Action::Forward(forward) => forward,
+            Action::Forward(forward) => (route, forward),
+            Action::Redirect(redirect) => return Err(local(redirect_reply(redirect, &view, route.extras.as_deref()))),
+            Action::Direct(direct) => return Err(local(direct_reply(direct, route.extras.as_deref()))),
         },
     };
-    match forward.pick(fastrand::u32(..)).map(|d| &d.cluster) {
-        Some(ClusterRef::Known(id)) => Ok((id.0 as usize, forward.policy.clone())),
-        Some(ClusterRef::Missing { service, .. }) => {
+    let mut cors_origin = None;
+    if let Some(cors) = route.extras.as_ref().and_then(|e| e.cors.as_ref()) {
+        match cors.decide(req.method(), req.headers()) {
+            CorsDecision::Forward => {}
+            CorsDecision::Allowed(origin) => cors_origin = Some(origin),
+            CorsDecision::Preflight(headers) => return Err(local(preflight_reply(headers))),
+        }
+    }
+    let Some(picked) = forward.pick(fastrand::u32(..)) else { return Err(local(LocalReply::no_route())) };
+    match &picked.cluster {
+        ClusterRef::Known(id) => {
+            let mutations = Mutations {
+                route: route.extras.clone(),
+                destination: picked.headers.clone(),
+                destination_first: forward.destinations.len() > 1,
+                cors_origin,
+            };
+            let mutations = (!mutations.is_empty()).then(|| Box::new(mutations));
+            let mirrors = route.extras.as_ref().map(|e| sample_mirrors(snapshot, &e.mirrors)).unwrap_or_default();
+            Ok(Chosen { cluster: id.0 as usize, policy: forward.policy.clone(), mutations, mirrors })
+        }
+        ClusterRef::Missing { service, .. } => {
             let labels = DestinationLabels::for_service(&service.host, &service.name, &service.namespace);
             Err(Box::new((LocalReply::no_cluster(), labels)))
         }
-        None => Err(not_found()),
     }
+}
+
+/// The live clusters of the mirrors this request is copied to.
+fn sample_mirrors(snapshot: &Snapshot, mirrors: &[Mirror]) -> Vec<Arc<Cluster>> {
+    let hit = |share: u32| share >= 1_000_000 || fastrand::u32(..1_000_000) < share;
+    mirrors
+        .iter()
+        .filter(|m| hit(m.share))
+        .filter_map(|m| snapshot.clusters.get(m.cluster.0 as usize).cloned())
+        .collect()
 }
 
 /// Turns the downstream request into the upstream one: origin-form URI,

@@ -115,11 +115,11 @@ fn default_route(registry: &Registry<'_>, service: &Service<'_>) -> Route {
         None => ClusterRef::Missing { name: name.into(), service: service.meta.clone() },
     };
     let forward = Forward {
-        destinations: vec![WeightedDestination { weight: 100, cluster }],
+        destinations: vec![WeightedDestination { weight: 100, cluster, headers: None }],
         total_weight: 100,
         policy: Default::default(),
     };
-    Route { name: Arc::from("default"), matcher: None, action: Action::Forward(forward) }
+    Route { name: Arc::from("default"), matcher: None, action: Action::Forward(forward), extras: None }
 }
 
 /// VirtualService hosts and who owns them.

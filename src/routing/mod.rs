@@ -18,8 +18,10 @@ use http::{HeaderMap, Method};
 use crate::config::resources::Labels;
 use crate::config::Problem;
 
+pub mod actions;
 mod cluster_policy;
 mod compile;
+mod delegate;
 mod dest_rule;
 mod host_index;
 mod matcher;
@@ -81,12 +83,19 @@ pub struct Route {
     /// request.
     pub matcher: Option<RequestMatch>,
     pub action: Action,
+    /// Fault, rewrite and header operations of the rule; `None` for a
+    /// route that has none (most), so the request path checks one pointer.
+    pub extras: Option<Arc<actions::RouteExtras>>,
 }
 
 /// What a route does with a matched request.
 #[derive(Debug)]
 pub enum Action {
     Forward(Forward),
+    /// `redirect`: meshd answers with a `Location`.
+    Redirect(Arc<actions::Redirect>),
+    /// `directResponse`: meshd answers with a fixed status and body.
+    Direct(Arc<actions::DirectResponse>),
 }
 
 /// Weighted destinations of a forwarding route (Istio weights, spec §1.6:
@@ -104,6 +113,8 @@ pub struct Forward {
 pub struct WeightedDestination {
     pub weight: u32,
     pub cluster: ClusterRef,
+    /// `route[].headers` of this destination, if it has any.
+    pub headers: Option<Arc<actions::DestinationHeaders>>,
 }
 
 /// A route's target cluster: one that exists, or one that does not (unknown

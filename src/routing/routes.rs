@@ -9,17 +9,24 @@
 //!   will supply them) and a `sourceNamespace` other than the proxy's drop
 //!   the block. An `http[i]` whose blocks are all dropped contributes
 //!   nothing.
+//! - A rule forwards to weighted destinations, or answers itself with a
+//!   `redirect` or a `directResponse`; its `fault`, `rewrite` and
+//!   `headers` are compiled per match block ([`super::actions`]: a prefix
+//!   rewrite replaces that block's matched prefix).
+//! - A rule with `delegate` is replaced by its delegate's rules, merged
+//!   under it first ([`super::delegate`]).
 //! - After a catch-all route every later route is discarded (one warning).
-//!   A catch-all truncates even when it is itself skipped as not
-//!   forwardable (redirect, direct response, delegate: later work), so
-//!   requests never reach routes Istio would never reach.
+//!   A catch-all truncates even when it is itself skipped, so requests
+//!   never reach routes Istio would never reach.
 
 use std::sync::Arc;
 
-use crate::config::resources::{Destination, HttpMatchRequest, HttpRoute, Resource, VirtualService};
+use crate::config::resources::{Destination, HttpMatchRequest, HttpRoute, Resource, StringMatch, VirtualService};
 use crate::config::{host, Config, Problem};
 
+use super::actions::{mirror_shares, ActionError, DestinationHeaders, DirectResponse, Mirror, Redirect, RouteExtras};
 use super::compile::warn;
+use super::delegate;
 use super::retry::RoutePolicy;
 use super::services::{cluster_name, service_meta, Registry};
 use super::{Action, ClusterRef, Forward, RequestMatch, Route, WeightedDestination};
@@ -43,7 +50,8 @@ pub(super) fn vs_routes(
     let mut routes = Vec::new();
     let mut discarded = 0usize;
     let mut truncated_at: Option<String> = None;
-    for (i, http) in vs.spec.http.iter().enumerate() {
+    for (i, http) in delegate::expand(ctx.config, vs, warnings) {
+        let http = &*http;
         let base = http.name.clone().unwrap_or_else(|| format!("{}.http[{i}]", vs.meta.name));
         let blocks = match_blocks(ctx, vs, i, http, &base, warnings);
         if blocks.is_empty() {
@@ -53,9 +61,10 @@ pub(super) fn vs_routes(
             discarded += blocks.len();
             continue;
         }
-        let destinations = destinations(ctx, vs, i, http, warnings);
+        let target = target(ctx, vs, i, http, warnings);
         let policy = Arc::new(RoutePolicy::from_istio(http));
-        for (name, matcher) in blocks {
+        let mirrors = mirrors(ctx, vs, i, http, warnings);
+        for (name, matcher, uri) in blocks {
             if truncated_at.is_some() {
                 discarded += 1;
                 continue;
@@ -63,14 +72,11 @@ pub(super) fn vs_routes(
             if matcher.as_ref().map_or(true, RequestMatch::is_catch_all) {
                 truncated_at = Some(name.clone());
             }
-            let Some(destinations) = &destinations else { continue };
-            let (total_weight, destinations) = destinations;
-            let destinations = destinations
-                .iter()
-                .map(|(weight, cluster)| WeightedDestination { weight: *weight, cluster: cluster.clone() })
-                .collect();
-            let forward = Forward { destinations, total_weight: *total_weight, policy: policy.clone() };
-            routes.push(Route { name: name.into(), matcher, action: Action::Forward(forward) });
+            let Some(target) = &target else { continue };
+            match route(target, http, uri, &policy, &mirrors) {
+                Ok((action, extras)) => routes.push(Route { name: name.into(), matcher, action, extras }),
+                Err(why) => warnings.push(warn(vs, format!("spec.http[{i}]"), format!("{why}; route skipped"))),
+            }
         }
     }
     if let (Some(at), true) = (truncated_at, discarded > 0) {
@@ -80,18 +86,18 @@ pub(super) fn vs_routes(
     routes
 }
 
-/// The kept match blocks of `http[i]`: (route name, matcher). A block
-/// without conditions compiles to no matcher.
-fn match_blocks(
+/// The kept match blocks of `http[i]`: (route name, matcher, uri match).
+/// A block without conditions compiles to no matcher.
+fn match_blocks<'h>(
     ctx: &RouteContext<'_, '_>,
     vs: &Resource<VirtualService>,
     i: usize,
-    http: &HttpRoute,
+    http: &'h HttpRoute,
     base: &str,
     warnings: &mut Vec<Problem>,
-) -> Vec<(String, Option<RequestMatch>)> {
+) -> Vec<(String, Option<RequestMatch>, Option<&'h StringMatch>)> {
     if http.matches.is_empty() {
-        return vec![(base.to_owned(), None)];
+        return vec![(base.to_owned(), None, None)];
     }
     let mut out = Vec::with_capacity(http.matches.len());
     for (j, m) in http.matches.iter().enumerate() {
@@ -103,7 +109,7 @@ fn match_blocks(
             _ => base.to_owned(),
         };
         match RequestMatch::compile(m) {
-            Ok(matcher) => out.push((name, Some(matcher).filter(|m| !m.is_empty()))),
+            Ok(matcher) => out.push((name, Some(matcher).filter(|m| !m.is_empty()), m.uri.as_ref())),
             Err(why) => warnings.push(warn(vs, format!("spec.http[{i}].match[{j}]"), format!("{why}; route skipped"))),
         }
     }
@@ -117,28 +123,108 @@ fn applies_to_proxy(m: &HttpMatchRequest, proxy_namespace: &str) -> bool {
     gateway_ok && m.source_labels.is_empty() && ns_ok
 }
 
-/// `(total, [(weight, cluster)])` of `http[i].route`, or `None` (with a
-/// warning) when the rule does not forward.
+/// What a rule's routes lead to, before the per-block parts.
+enum Target {
+    /// Weighted destinations: the total and each (weight, cluster,
+    /// destination headers).
+    Forward(u32, Vec<(u32, ClusterRef, Option<Arc<DestinationHeaders>>)>),
+    Redirect,
+    Direct(Arc<DirectResponse>),
+}
+
+/// The action and extras of one match block of `http` with `uri` match.
+fn route(
+    target: &Target,
+    http: &HttpRoute,
+    uri: Option<&StringMatch>,
+    policy: &Arc<RoutePolicy>,
+    mirrors: &[Mirror],
+) -> Result<(Action, Option<Arc<RouteExtras>>), ActionError> {
+    let mut extras = RouteExtras::compile(http, uri)?;
+    extras.mirrors = mirrors.to_vec();
+    let extras = extras.has_any().then(|| Arc::new(extras));
+    let action = match target {
+        Target::Forward(total_weight, destinations) => {
+            let destinations = destinations
+                .iter()
+                .map(|(weight, cluster, headers)| WeightedDestination {
+                    weight: *weight,
+                    cluster: cluster.clone(),
+                    headers: headers.clone(),
+                })
+                .collect();
+            Action::Forward(Forward { destinations, total_weight: *total_weight, policy: policy.clone() })
+        }
+        Target::Redirect => match &http.redirect {
+            Some(redirect) => Action::Redirect(Arc::new(Redirect::compile(redirect, uri)?)),
+            None => return Err(ActionError::Direct("redirect missing".into())),
+        },
+        Target::Direct(direct) => Action::Direct(direct.clone()),
+    };
+    Ok((action, extras))
+}
+
+/// What `http[i]` leads to, or `None` (with a warning) when the rule
+/// cannot be served.
+fn target(
+    ctx: &RouteContext<'_, '_>,
+    vs: &Resource<VirtualService>,
+    i: usize,
+    http: &HttpRoute,
+    warnings: &mut Vec<Problem>,
+) -> Option<Target> {
+    if http.route.is_empty() {
+        let field = format!("spec.http[{i}]");
+        if http.redirect.is_some() {
+            return Some(Target::Redirect);
+        }
+        if let Some(direct) = &http.direct_response {
+            return match DirectResponse::compile(direct) {
+                Ok(direct) => Some(Target::Direct(Arc::new(direct))),
+                Err(why) => {
+                    warnings.push(warn(vs, format!("{field}.directResponse"), format!("{why}; rule skipped")));
+                    None
+                }
+            };
+        }
+        warnings.push(warn(vs, field, "a rule without route; rule skipped"));
+        return None;
+    }
+    let (total, destinations) = destinations(ctx, vs, i, http, warnings)?;
+    Some(Target::Forward(total, destinations))
+}
+
+/// The mirrors of `http[i]` whose clusters exist; the others are warned
+/// about and left out (a copy to nowhere is no copy).
+fn mirrors(
+    ctx: &RouteContext<'_, '_>,
+    vs: &Resource<VirtualService>,
+    i: usize,
+    http: &HttpRoute,
+    warnings: &mut Vec<Problem>,
+) -> Vec<Mirror> {
+    let mut out = Vec::new();
+    for (dest, share) in mirror_shares(http) {
+        match cluster_ref(ctx, vs, dest) {
+            ClusterRef::Known(cluster) => out.push(Mirror { cluster, share }),
+            ClusterRef::Missing { name, .. } => {
+                let message = format!("no cluster {name}; requests are not mirrored there");
+                warnings.push(warn(vs, format!("spec.http[{i}].mirror"), message));
+            }
+        }
+    }
+    out
+}
+
+/// `(total, [(weight, cluster, headers)])` of `http[i].route`, or `None`
+/// (with a warning) when no destination has a weight.
 fn destinations(
     ctx: &RouteContext<'_, '_>,
     vs: &Resource<VirtualService>,
     i: usize,
     http: &HttpRoute,
     warnings: &mut Vec<Problem>,
-) -> Option<(u32, Vec<(u32, ClusterRef)>)> {
-    if http.route.is_empty() {
-        let what = if http.redirect.is_some() {
-            "redirect"
-        } else if http.direct_response.is_some() {
-            "directResponse"
-        } else if http.delegate.is_some() {
-            "delegate"
-        } else {
-            "a rule without route"
-        };
-        warnings.push(warn(vs, format!("spec.http[{i}]"), format!("{what} is not supported yet; rule skipped")));
-        return None;
-    }
+) -> Option<(u32, Vec<(u32, ClusterRef, Option<Arc<DestinationHeaders>>)>)> {
     let single = http.route.len() == 1;
     let mut out = Vec::with_capacity(http.route.len());
     for (j, d) in http.route.iter().enumerate() {
@@ -157,19 +243,23 @@ fn destinations(
             let field = format!("spec.http[{i}].route[{j}].destination");
             warnings.push(warn(vs, field, format!("no cluster {name}; requests routed there get 503 NC")));
         }
-        out.push((weight, cluster));
+        let headers = DestinationHeaders::compile(d.headers.as_deref()).unwrap_or_else(|why| {
+            warnings.push(warn(vs, format!("spec.http[{i}].route[{j}].headers"), format!("{why}; ignored")));
+            None
+        });
+        out.push((weight, cluster, headers));
     }
-    let mut total: u64 = out.iter().map(|(w, _)| u64::from(*w)).sum();
+    let mut total: u64 = out.iter().map(|(w, _, _)| u64::from(*w)).sum();
     if total == 0 {
         warnings.push(warn(vs, format!("spec.http[{i}].route"), "no destination with a weight > 0; rule skipped"));
         return None;
     }
     if total > u64::from(u32::MAX) {
         // Huge weights: scale them down so the total fits in a u32.
-        for (w, _) in &mut out {
+        for (w, _, _) in &mut out {
             *w = u32::try_from(u64::from(*w) * u64::from(u32::MAX / 2) / total).unwrap_or(u32::MAX).max(1);
         }
-        total = out.iter().map(|(w, _)| u64::from(*w)).sum();
+        total = out.iter().map(|(w, _, _)| u64::from(*w)).sum();
     }
     Some((u32::try_from(total).unwrap_or(u32::MAX), out))
 }
@@ -200,28 +290,17 @@ fn cluster_ref(ctx: &RouteContext<'_, '_>, vs: &Resource<VirtualService>, dest: 
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{compiled, req, se, targets, vs};
+    use super::super::testutil::{req, reviews, reviews_cluster, targets, vs};
     use super::super::{Action, ClusterRef, Compiled};
 
     const HOST: &str = "reviews.default.svc.cluster.local";
 
     fn bookinfo(http: &str) -> Compiled {
-        let yaml = [
-            se(
-                "reviews",
-                "default",
-                "  hosts: [reviews]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 10.0.0.1, labels: {version: v1}}]\n",
-            ),
-            se("multi", "prod", "  hosts: [multi]\n  ports: [{number: 5432, name: db, protocol: TCP}, {number: 8080, name: web, protocol: HTTP}]\n"),
-            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}, {name: v3, labels: {version: v3}}]\n".into(),
-            vs("reviews", "default", &format!("  hosts: [reviews]\n  http:\n{http}")),
-        ]
-        .concat();
-        compiled(&yaml, "default")
+        reviews(&vs("reviews", "default", &format!("  hosts: [reviews]\n  http:\n{http}")))
     }
 
     fn cluster(subset: &str) -> String {
-        format!("outbound|9080|{subset}|{HOST}")
+        reviews_cluster(subset)
     }
 
     #[test]
@@ -249,7 +328,7 @@ mod tests {
         // Several: zero and missing weights are dropped.
         let (_, r) = req("reviews", "/split").route(&c).unwrap();
         assert_eq!(targets(&c, r), [(cluster("v1"), 75), (cluster("v3"), 25)]);
-        let Action::Forward(f) = &r.action;
+        let Action::Forward(f) = &r.action else { panic!("not a forward route") };
         assert_eq!(f.total_weight, 100);
         let mut counts = [0u32; 2];
         for roll in 0..1000u32 {
@@ -270,7 +349,7 @@ mod tests {
         );
         let missing = |path: &str| {
             let (_, r) = req("reviews", path).route(&c).unwrap();
-            let Action::Forward(f) = &r.action;
+            let Action::Forward(f) = &r.action else { panic!("not a forward route") };
             match &f.destinations[0].cluster {
                 ClusterRef::Missing { name, service } => (name.to_string(), service.clone()),
                 ClusterRef::Known(_) => panic!("{path}: known"),
@@ -331,14 +410,16 @@ mod tests {
     }
 
     #[test]
-    fn non_forwarding_rules_are_skipped_with_a_warning() {
+    fn redirects_and_direct_responses_compile_and_bad_rules_are_skipped() {
         let c = bookinfo(
-            "  - match: [{uri: {exact: /old}}]\n    redirect: {uri: /new}\n  - match: [{uri: {regex: '(('}}]\n    route: [{destination: {host: reviews}}]\n  - route: [{destination: {host: reviews, subset: v1}}]\n",
+            "  - match: [{uri: {exact: /old}}]\n    redirect: {uri: /new}\n  - match: [{uri: {regex: '(('}}]\n    route: [{destination: {host: reviews}}]\n  - match: [{uri: {exact: /down}}]\n    directResponse: {status: 503, body: {string: down}}\n  - route: [{destination: {host: reviews, subset: v1}}]\n",
         );
         let (_, r) = req("reviews", "/old").route(&c).unwrap();
-        assert_eq!(&*r.name, "reviews.http[2]");
-        assert_eq!(c.table.virtual_hosts[0].routes.len(), 1);
-        assert!(c.warnings.iter().any(|w| w.message.contains("redirect is not supported")));
+        assert!(matches!(r.action, Action::Redirect(_)), "{:?}", r.action);
+        let (_, r) = req("reviews", "/down").route(&c).unwrap();
+        let Action::Direct(direct) = &r.action else { panic!("a direct response: {:?}", r.action) };
+        assert_eq!((direct.status.as_u16(), &direct.body[..]), (503, &b"down"[..]));
+        assert_eq!(c.table.virtual_hosts[0].routes.len(), 3);
         assert!(c.warnings.iter().any(|w| w.message.contains("invalid regex")));
     }
 

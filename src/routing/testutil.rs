@@ -23,6 +23,29 @@ pub(super) fn compiled(yaml: &str, namespace: &str) -> Compiled {
     compile(&config(yaml, namespace))
 }
 
+/// The `reviews` service of the routing tests (port 9080, one v1
+/// endpoint; subsets v1, v2 and v3), a two-port `multi` service in `prod`,
+/// and the documents `extra`, compiled for a proxy in `default`.
+pub(super) fn reviews(extra: &str) -> Compiled {
+    let yaml = [
+        se(
+            "reviews",
+            "default",
+            "  hosts: [reviews]\n  ports: [{number: 9080, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints: [{address: 10.0.0.1, labels: {version: v1}}]\n",
+        ),
+        se("multi", "prod", "  hosts: [multi]\n  ports: [{number: 5432, name: db, protocol: TCP}, {number: 8080, name: web, protocol: HTTP}]\n"),
+        "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews}\nspec:\n  host: reviews\n  subsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}, {name: v3, labels: {version: v3}}]\n".into(),
+        extra.to_owned(),
+    ]
+    .concat();
+    compiled(&yaml, "default")
+}
+
+/// The cluster of subset `subset` of [`reviews`] (empty: the default).
+pub(super) fn reviews_cluster(subset: &str) -> String {
+    format!("outbound|9080|{subset}|reviews.default.svc.cluster.local")
+}
+
 /// A ServiceEntry document.
 pub(super) fn se(name: &str, ns: &str, spec: &str) -> String {
     format!("---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}")

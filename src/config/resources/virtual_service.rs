@@ -223,6 +223,28 @@ pub struct FaultDelay {
     pub percent: Option<i64>,
 }
 
+/// gRPC status names in code order (`OK` is 0), as `abort.grpcStatus`
+/// writes them.
+pub const GRPC_STATUS_NAMES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FaultAbort {
@@ -361,20 +383,10 @@ impl HttpRoute {
     /// The fields whose behaviour a later part of meshd implements; loading
     /// mentions them once per resource ("parsed, not applied yet").
     pub fn unapplied_fields(&self) -> impl Iterator<Item = &'static str> + '_ {
-        let checks: [(&'static str, bool); 9] = [
-            ("redirect", self.redirect.is_some()),
-            ("directResponse", self.direct_response.is_some()),
-            ("delegate", self.delegate.is_some()),
-            ("rewrite", self.rewrite.is_some()),
-            ("fault", self.fault.is_some()),
-            ("mirror", self.mirror.is_some() || !self.mirrors.is_empty()),
-            ("corsPolicy", self.cors_policy.is_some()),
-            ("headers", self.headers.is_some() || self.route.iter().any(|d| d.headers.is_some())),
-            (
-                "retries.retryRemoteLocalities",
-                self.retries.as_ref().is_some_and(|r| r.retry_remote_localities == Some(true)),
-            ),
-        ];
+        let checks: [(&'static str, bool); 1] = [(
+            "retries.retryRemoteLocalities",
+            self.retries.as_ref().is_some_and(|r| r.retry_remote_localities == Some(true)),
+        )];
         checks.into_iter().filter(|(_, set)| *set).map(|(name, _)| name)
     }
 }

@@ -3,6 +3,8 @@
 //! once), 22 (headers, via [`strings::header_operations`]) and 24
 //! (directResponse).
 
+use base64::Engine;
+
 use super::fields::{self, is_set as set, one_of};
 use super::http_route::destination;
 use super::{strings, Report};
@@ -142,11 +144,28 @@ fn direct_response(r: &mut Report<'_>, response: &HttpDirectResponse) {
         "body",
         &[("string", body.string.is_some()), ("bytes", body.bytes.is_some()), ("file", body.file.is_some())],
     );
-    let size = match (&body.string, &body.bytes) {
-        (Some(s), _) => s.len(),
-        // base64: four characters carry three bytes.
-        (None, Some(b)) => b.trim_end_matches('=').len() * 3 / 4,
-        (None, None) => 0,
+    let size = match (&body.string, &body.bytes, &body.file) {
+        (Some(s), _, _) => s.len(),
+        (None, Some(b), _) => match base64::engine::general_purpose::STANDARD.decode(b.trim()) {
+            Ok(bytes) => bytes.len(),
+            Err(e) => {
+                r.error("body.bytes", format!("body.bytes is not valid base64: {e}"));
+                0
+            }
+        },
+        // Read when the route is compiled: it must exist and fit.
+        (None, None, Some(file)) => match std::fs::metadata(file) {
+            Ok(meta) if meta.is_file() => usize::try_from(meta.len()).unwrap_or(usize::MAX),
+            Ok(_) => {
+                r.error("body.file", format!("{file} is not a file"));
+                0
+            }
+            Err(e) => {
+                r.error("body.file", format!("cannot read {file}: {e}"));
+                0
+            }
+        },
+        (None, None, None) => 0,
     };
     if size > BODY_MAX {
         r.error("body", format!("direct response body is {size} bytes; it must be at most 1MiB"));

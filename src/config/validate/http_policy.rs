@@ -3,7 +3,9 @@
 
 use super::fields::{self, one_of};
 use super::{strings, Report};
-use crate::config::resources::{CorsPolicy, FaultAbort, FaultDelay, HttpFaultInjection, HttpRetry, HttpRoute, Percent};
+use crate::config::resources::{
+    CorsPolicy, FaultAbort, FaultDelay, HttpFaultInjection, HttpRetry, HttpRoute, Percent, GRPC_STATUS_NAMES,
+};
 
 /// `retryOn` tokens Envoy understands besides HTTP status codes.
 const RETRY_ON: [&str; 16] = [
@@ -23,27 +25,6 @@ const RETRY_ON: [&str; 16] = [
     "internal",
     "resource-exhausted",
     "unavailable",
-];
-
-/// gRPC status names a fault abort may use.
-const GRPC_STATUS: [&str; 17] = [
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
 ];
 
 /// Methods CORS `allowMethods` may list.
@@ -126,7 +107,7 @@ fn abort(r: &mut Report<'_>, abort: &FaultAbort) {
     if let Some(status) = abort.http_status.filter(|s| !(200..=600).contains(s)) {
         r.error("httpStatus", format!("HTTP status {status} is not in range 200..600"));
     }
-    if let Some(status) = abort.grpc_status.as_deref().filter(|s| !GRPC_STATUS.contains(s)) {
+    if let Some(status) = abort.grpc_status.as_deref().filter(|s| !GRPC_STATUS_NAMES.contains(s)) {
         r.error(
             "grpcStatus",
             format!("gRPC status {status:?} is not supported; expected a name such as NOT_FOUND or UNAVAILABLE"),

@@ -144,15 +144,15 @@ mod tests {
 
     #[test]
     fn one_warning_per_virtual_service() {
-        let spec = "hosts: [ratings]\nhttp:\n- fault: {abort: {httpStatus: 500}}\n  retries: {attempts: 1}\n  route:\n  - destination: {host: ratings}\n- mirror: {host: ratings}\n  route:\n  - destination: {host: ratings}";
+        let spec = "hosts: [ratings]\nhttp:\n- fault: {abort: {httpStatus: 500}}\n  retries: {attempts: 1}\n  route:\n  - destination: {host: ratings}\n- retries: {attempts: 2, retryRemoteLocalities: true}\n  route:\n  - destination: {host: ratings}";
         assert_eq!(
             unapplied(&object("VirtualService", "ratings", spec)),
-            ["VirtualService default/ratings: spec.http: not applied yet: fault, mirror"]
+            ["VirtualService default/ratings: spec.http: not applied yet: retries.retryRemoteLocalities"]
         );
-        let tcp = "hosts: [a]\nhttp:\n- fault: {abort: {httpStatus: 500}}\n  timeout: 1s\n  route:\n  - destination: {host: a}\ntcp:\n- route:\n  - destination: {host: a}";
+        let tcp = "hosts: [a]\nhttp:\n- retries: {attempts: 2, retryRemoteLocalities: true}\n  timeout: 1s\n  route:\n  - destination: {host: a}\ntcp:\n- route:\n  - destination: {host: a}";
         assert_eq!(
             unapplied(&object("VirtualService", "a", tcp)),
-            ["VirtualService default/a: spec: not applied yet: http.fault, tcp"]
+            ["VirtualService default/a: spec: not applied yet: http.retries.retryRemoteLocalities, tcp"]
         );
         assert!(unapplied(&object("VirtualService", "a", "hosts: [a]\nhttp:\n- route:\n  - destination: {host: a}"))
             .is_empty());
