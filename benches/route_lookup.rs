@@ -3,7 +3,9 @@
 //! N ServiceEntries `svc-i.default.svc.cluster.local`, each with a
 //! DestinationRule (subsets v1/v2) and a VirtualService (a header-matched
 //! route to v2, then a weighted v1/v2 default), plus one VirtualService for
-//! the non-registry wildcard host `*.example.com`.
+//! the non-registry wildcard host `*.example.com`. The `find_regex/N`
+//! groups add, before the default, a route matching a uri regex and a
+//! header regex, to show what regex matching costs per request.
 //!
 //! Run: `cargo bench --bench route_lookup` (about a minute).
 
@@ -17,10 +19,18 @@ use http::{HeaderMap, HeaderValue, Method};
 use meshd::config::{load, Config};
 use meshd::routing::{compile, Lookup, RequestView, RouteTable};
 
-fn yaml(n: usize) -> String {
+/// The rule before the default in the `find_regex` tables.
+const REGEX_RULE: &str = "  - name: orders
+    match: [{uri: {regex: '/api/v[0-9]+/orders/[0-9]+'}, headers: {x-tenant: {regex: 'tenant-[a-z]+'}}}]
+    route: [{destination: {host: svc, subset: v2}}]
+";
+
+fn yaml(n: usize, regex: bool) -> String {
     let mut out = String::new();
     for i in 0..n {
         let (a, b) = (i / 250, i % 250);
+        let regex_rule =
+            if regex { REGEX_RULE.replace("host: svc,", &format!("host: svc-{i},")) } else { String::new() };
         out.push_str(&format!(
             "---
 apiVersion: networking.istio.io/v1
@@ -51,7 +61,7 @@ spec:
   - name: jason
     match: [{{headers: {{end-user: {{exact: jason}}}}}}]
     route: [{{destination: {{host: svc-{i}, subset: v2}}}}]
-  - name: split
+{regex_rule}  - name: split
     route:
     - {{destination: {{host: svc-{i}, subset: v1}}, weight: 90}}
     - {{destination: {{host: svc-{i}, subset: v2}}, weight: 10}}
@@ -73,10 +83,10 @@ spec:
     out
 }
 
-fn config(n: usize) -> Config {
+fn config(n: usize, regex: bool) -> Config {
     let mut config = Config { namespace: "default".into(), ..Config::default() };
     let mut problems = Vec::new();
-    load::load_text(&yaml(n), &Arc::from(Path::new("bench.yaml")), &mut config, &mut problems);
+    load::load_text(&yaml(n, regex), &Arc::from(Path::new("bench.yaml")), &mut config, &mut problems);
     assert!(!problems.iter().any(|p| p.is_error()), "{problems:?}");
     config
 }
@@ -120,7 +130,7 @@ fn find(c: &mut Criterion) {
     let plain = headers(false);
     let jason = headers(true);
     for n in [1, 1000] {
-        let compiled = compile(&config(n));
+        let compiled = compile(&config(n, false));
         let table = &compiled.table;
         let group = format!("find/{n}");
         let i = n / 2;
@@ -138,13 +148,31 @@ fn find(c: &mut Criterion) {
     }
 }
 
+/// Routes behind a uri-regex and header-regex rule.
+fn find_regex(c: &mut Criterion) {
+    let mut orders = headers(false);
+    orders.insert("x-tenant", HeaderValue::from_static("tenant-blue"));
+    let plain = headers(false);
+    for n in [1, 1000] {
+        let compiled = compile(&config(n, true));
+        let table = &compiled.table;
+        let group = format!("find_regex/{n}");
+        let alias = format!("svc-{}", n / 2);
+        let hit = RequestView { path: "/api/v2/orders/12345", ..view(&alias, &orders) };
+        bench_find(c, &group, "regex_match", table, hit, Some("orders"));
+        let wrong_tenant = RequestView { path: "/api/v2/orders/12345", ..view(&alias, &plain) };
+        bench_find(c, &group, "regex_uri_then_header_miss", table, wrong_tenant, Some("split"));
+        bench_find(c, &group, "regex_miss", table, view(&alias, &plain), Some("split"));
+    }
+}
+
 fn compile_bench(c: &mut Criterion) {
-    let config = config(1000);
+    let config = config(1000, false);
     let mut g = c.benchmark_group("compile");
     g.sample_size(20).measurement_time(Duration::from_secs(2)).warm_up_time(Duration::from_millis(500));
     g.bench_function("1000", |b| b.iter(|| compile(black_box(&config))));
     g.finish();
 }
 
-criterion_group!(benches, find, compile_bench);
+criterion_group!(benches, find, find_regex, compile_bench);
 criterion_main!(benches);
