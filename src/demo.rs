@@ -47,6 +47,7 @@ pub async fn run(config: PathBuf, namespace: String) -> ExitCode {
         drain_timeout: Duration::from_secs(5),
         watch: true,
         workers: 1,
+        tcp: Vec::new(),
     };
     let server = match RunningServer::start(options).await {
         Ok(server) => server,

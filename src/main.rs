@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::error;
 
 use meshd::config::{self, resources::Duration as IstioDuration, Sources};
-use meshd::server::{Options, RunningServer};
+use meshd::server::{ListenAddr, Options, RunningServer};
 
 #[derive(Parser)]
 #[command(name = "meshd", version, about = "An L7 proxy data plane that reads Istio networking YAML")]
@@ -37,9 +37,10 @@ struct RunArgs {
     /// YAML file or directory (repeatable, or comma-separated in the env var).
     #[arg(long, required = true, env = "MESHD_CONFIG", value_delimiter = ',')]
     config: Vec<PathBuf>,
-    /// Proxy listen address (repeatable).
+    /// Proxy listen address (repeatable): ADDR for HTTP, or tcp://ADDR=HOST
+    /// for a TCP listener that routes by HOST's `tcp` routes.
     #[arg(long, env = "MESHD_LISTEN", value_delimiter = ',', default_value = "127.0.0.1:15001")]
-    listen: Vec<SocketAddr>,
+    listen: Vec<ListenAddr>,
     /// Admin listen address (loopback by default).
     #[arg(long, env = "MESHD_ADMIN", default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
@@ -162,9 +163,17 @@ fn tune_allocator() {
 }
 
 async fn run(args: RunArgs, workers: usize) -> ExitCode {
+    let (mut listen, mut tcp) = (Vec::new(), Vec::new());
+    for addr in args.listen {
+        match addr {
+            ListenAddr::Http(addr) => listen.push(addr),
+            ListenAddr::Tcp(tcp_listen) => tcp.push(tcp_listen),
+        }
+    }
     let options = Options {
         config: args.config,
-        listen: args.listen,
+        listen,
+        tcp,
         admin: args.admin,
         namespace: namespace(&args.common.namespace),
         drain_timeout: args.drain_timeout,

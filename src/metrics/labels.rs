@@ -31,6 +31,23 @@ pub const ISTIO_LABELS: [&str; 25] = [
     "connection_security_policy",
 ];
 
+/// Label names of the TCP metrics: [`ISTIO_LABELS`] without
+/// `response_code` and `grpc_response_status`.
+pub const TCP_LABELS: [&str; 23] = tcp_labels();
+
+const fn tcp_labels() -> [&'static str; 23] {
+    let mut out = [""; 23];
+    let mut i = 0;
+    // Everything up to `request_protocol` (index 20), then the last two.
+    while i <= 20 {
+        out[i] = ISTIO_LABELS[i];
+        i += 1;
+    }
+    out[21] = ISTIO_LABELS[23];
+    out[22] = ISTIO_LABELS[24];
+    out
+}
+
 const UNKNOWN: &str = "unknown";
 
 /// The proxy's own workload, from the pod's environment.
@@ -176,4 +193,30 @@ pub fn values<'a>(
         flags,
         UNKNOWN,
     ]
+}
+
+/// The 23 label values of a TCP record, in [`TCP_LABELS`] order
+/// (`request_protocol` is `tcp`).
+pub fn tcp_values<'a>(source: &'a SourceLabels, destination: &'a DestinationLabels, flags: &'a str) -> [&'a str; 23] {
+    let [head @ .., _protocol, _code, _grpc, _flags, security] = values(source, destination, "", flags);
+    let mut out = [UNKNOWN; 23];
+    out[..20].copy_from_slice(&head);
+    out[20] = "tcp";
+    out[21] = flags;
+    out[22] = security;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_labels_drop_the_response_code_and_grpc_status() {
+        assert_eq!(TCP_LABELS[20], "request_protocol");
+        assert_eq!(TCP_LABELS[21..], ["response_flags", "connection_security_policy"]);
+        let (source, destination) = (SourceLabels::unknown(), DestinationLabels::for_service("h", "h", "ns"));
+        let values = tcp_values(&source, &destination, "UF");
+        assert_eq!(values[20..], ["tcp", "UF", "unknown"]);
+    }
 }

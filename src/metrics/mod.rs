@@ -18,9 +18,11 @@ use prometheus::{
 
 pub mod clusters;
 mod labels;
+mod tcp;
 
 pub use clusters::{ClusterSample, ClusterStat, ClusterStatsSource};
 pub use labels::{DestinationLabels, SourceLabels};
+pub use tcp::TcpClose;
 
 /// Envoy's default histogram buckets, used by Istio for all three request
 /// histograms (milliseconds or bytes).
@@ -56,6 +58,8 @@ pub struct Metrics {
     /// `envoy_cluster_upstream_cx_total{cluster_name}`-style counters are
     /// per cluster; this family holds connects by result.
     pub upstream_connects: IntCounterVec,
+    /// Istio's TCP connection and byte counters.
+    tcp: tcp::TcpMetrics,
     /// Where the `envoy_cluster_*` collector finds the live clusters; the
     /// upstream side binds itself here.
     pub clusters: clusters::ClusterSourceSlot,
@@ -111,6 +115,7 @@ pub struct MetricsError(#[from] prometheus::Error);
 impl Metrics {
     pub fn new(source: SourceLabels) -> Result<Arc<Self>, MetricsError> {
         let registry = Registry::new();
+        let tcp = tcp::TcpMetrics::new(&registry)?;
         let histogram = |name: &str, help: &str| {
             HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), &labels::ISTIO_LABELS)
         };
@@ -139,6 +144,7 @@ impl Metrics {
                 Opts::new("meshd_upstream_connects_total", "Upstream connection attempts by result"),
                 &["result"],
             )?,
+            tcp,
             clusters: clusters::ClusterSourceSlot::default(),
             caches: Mutex::default(),
             registry,
@@ -190,6 +196,16 @@ impl Metrics {
             caches.swept_len = caches.by_labels.len();
         }
         cache
+    }
+
+    /// Counts a TCP connection opened to `destination`.
+    pub fn tcp_opened(&self, destination: &DestinationLabels) {
+        self.tcp.opened(&self.source, destination);
+    }
+
+    /// Counts a TCP connection to `destination` closed, with its bytes.
+    pub fn tcp_closed(&self, destination: &DestinationLabels, close: &TcpClose<'_>) {
+        self.tcp.closed(&self.source, destination, close);
     }
 
     /// Records one request to `destination` without a cache (local replies,

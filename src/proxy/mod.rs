@@ -28,6 +28,8 @@
 //! - `actions`: a rule's redirect, direct response, CORS preflight and
 //!   fault abort replies, and the rewrite and header operations of a
 //!   forwarded request; `mirror`: fire-and-forget copies to mirror clusters.
+//! - `tcp`: TCP listeners bound to a host, routed by its `tcp` routes and
+//!   relayed byte for byte.
 //! - `body`: the response body stream and the bookkeeping at its end;
 //!   `headers`, `path`: header and path handling; `listener`: accept loops.
 
@@ -49,6 +51,7 @@ mod mirror;
 mod overrides;
 mod path;
 pub mod service;
+pub mod tcp;
 
 pub use flags::ResponseFlags;
 

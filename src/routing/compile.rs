@@ -19,6 +19,7 @@ use crate::config::{host, Config, Problem};
 
 use super::routes::{vs_routes, RouteContext};
 use super::services::{cluster_name, Registry, Service};
+use super::tcp_routes::{default_tcp_route, vs_tcp_routes};
 use super::{Action, ClusterRef, Compiled, Forward, HostIndex, Route, RouteTable, VirtualHost, WeightedDestination};
 
 /// Istio only builds non-registry VS hosts on port 80.
@@ -33,6 +34,10 @@ pub fn compile(config: &Config) -> Compiled {
     // (domain, vhost, canonical)
     let mut domains: Vec<(String, usize, bool)> = Vec::new();
     let mut compiled_once = HashSet::new();
+    let tcp_routes_of = |vs_index: usize, listener_port: Option<u16>, warnings: &mut Vec<Problem>| {
+        let ctx = RouteContext { config, registry: &registry, listener_port };
+        vs_tcp_routes(&ctx, &config.virtual_services[vs_index], warnings)
+    };
     let mut routes_of = |vs_index: usize, listener_port: Option<u16>, warnings: &mut Vec<Problem>| {
         let ctx = RouteContext { config, registry: &registry, listener_port };
         let vs = &config.virtual_services[vs_index];
@@ -47,12 +52,16 @@ pub fn compile(config: &Config) -> Compiled {
     for service in &registry.services {
         let index = vhosts.len();
         let port = service.default_port();
-        let routes = claims
-            .owner(&service.host)
+        let owner = claims.owner(&service.host);
+        let routes = owner
             .map(|vs| routes_of(vs, port, &mut warnings))
             .filter(|routes| !routes.is_empty())
             .unwrap_or_else(|| vec![default_route(&registry, service)]);
-        vhosts.push(VirtualHost { name: service.host.clone(), routes });
+        let tcp = owner
+            .map(|vs| tcp_routes_of(vs, port, &mut warnings))
+            .filter(|tcp| !tcp.is_empty())
+            .unwrap_or_else(|| default_tcp_route(&registry, service).into_iter().collect());
+        vhosts.push(VirtualHost { name: service.host.clone(), routes, tcp });
         let mut aliases = host::aliases(&service.host, &config.namespace).into_iter();
         domains.extend(aliases.next().map(|canonical| (canonical, index, true)));
         domains.extend(aliases.map(|alias| (alias, index, false)));
@@ -66,13 +75,14 @@ pub fn compile(config: &Config) -> Compiled {
             continue;
         }
         let routes = routes_of(*vs_index, Some(NON_REGISTRY_PORT), &mut warnings);
+        let tcp = tcp_routes_of(*vs_index, Some(NON_REGISTRY_PORT), &mut warnings);
         let vs = &config.virtual_services[*vs_index];
-        if routes.is_empty() {
+        if routes.is_empty() && tcp.is_empty() {
             warnings.push(warn(vs, "spec.http", format!("no usable route for host {vs_host}; host not served")));
             continue;
         }
         let index = vhosts.len();
-        vhosts.push(VirtualHost { name: vs_host.as_str().into(), routes });
+        vhosts.push(VirtualHost { name: vs_host.as_str().into(), routes, tcp });
         domains.push((vs_host.clone(), index, true));
         if !vs_host.starts_with('*') && vs_host.ends_with(host::CLUSTER_DOMAIN) {
             let aliases = host::aliases(vs_host, &config.namespace).into_iter().skip(1);

@@ -29,6 +29,7 @@ mod policy;
 pub mod retry;
 mod routes;
 mod services;
+mod tcp_routes;
 #[cfg(test)]
 mod testutil;
 
@@ -40,6 +41,7 @@ pub use compile::compile;
 pub use host_index::HostIndex;
 pub use matcher::RequestMatch;
 pub use policy::{resolve_policy, ResolvedPolicy};
+pub use tcp_routes::{L4Match, TcpRoute};
 
 /// The output of [`compile`].
 #[derive(Debug)]
@@ -70,6 +72,9 @@ pub struct VirtualHost {
     /// Ordered routes; the first match wins. Empty never happens: a
     /// service without VirtualService gets the `default` route.
     pub routes: Vec<Route>,
+    /// Ordered TCP routes, for connections on a TCP listener bound to this
+    /// host (empty for most hosts).
+    pub tcp: Vec<TcpRoute>,
 }
 
 /// One Envoy route: a single match block of an Istio HTTPRoute (an
@@ -219,6 +224,15 @@ impl RouteTable {
             Some(route) => Lookup::Route(vhost, route),
             None => Lookup::NoRoute(vhost),
         }
+    }
+}
+
+impl RouteTable {
+    /// The TCP route for a connection to `host` that arrived at `local`
+    /// (the address and port the client connected to).
+    pub fn find_tcp(&self, host: &str, local: SocketAddr) -> Option<&TcpRoute> {
+        let vhost = self.virtual_hosts.get(self.hosts.lookup(host)?)?;
+        vhost.tcp.iter().find(|r| r.matches(local))
     }
 }
 

@@ -28,7 +28,7 @@ pub use reload::{Outcome, Reloader};
 use crate::admin::{self, AdminState};
 use crate::config::Sources;
 use crate::metrics::{Metrics, SourceLabels};
-use crate::proxy::{listener, Proxy};
+use crate::proxy::{listener, tcp, Proxy};
 use crate::snapshot::Snapshot;
 
 /// Pause after the first change event before reloading, so a burst of
@@ -49,6 +49,52 @@ pub struct Options {
     /// more: one thread per worker with a runtime and `SO_REUSEPORT`
     /// sockets of its own (see `workers`).
     pub workers: usize,
+    /// TCP listeners, each bound to a host; they run on the caller's
+    /// runtime.
+    pub tcp: Vec<TcpListen>,
+}
+
+/// A TCP listener bound to one host (`--listen tcp://ADDR=HOST`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcpListen {
+    pub addr: SocketAddr,
+    /// The host whose TCP routes its connections take (any form a Host
+    /// header may take: `db`, `db.prod`, the FQDN, a VIP).
+    pub host: String,
+}
+
+/// One `--listen` value: `ADDR` (HTTP) or `tcp://ADDR=HOST`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    Http(SocketAddr),
+    Tcp(TcpListen),
+}
+
+/// A `--listen` value that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:?} is neither ADDR nor tcp://ADDR=HOST")]
+pub struct BadListen(String);
+
+// === impl ListenAddr ===
+
+impl std::str::FromStr for ListenAddr {
+    type Err = BadListen;
+
+    fn from_str(value: &str) -> Result<Self, BadListen> {
+        let bad = || BadListen(value.to_owned());
+        match value.strip_prefix("tcp://") {
+            None => value.parse().map(ListenAddr::Http).map_err(|_| bad()),
+            Some(rest) => {
+                let (addr, host) = rest.split_once('=').ok_or_else(bad)?;
+                let addr = addr.parse().map_err(|_| bad())?;
+                let host = host.trim();
+                if host.is_empty() {
+                    return Err(bad());
+                }
+                Ok(ListenAddr::Tcp(TcpListen { addr, host: host.to_owned() }))
+            }
+        }
+    }
 }
 
 /// Why the server could not start.
@@ -66,6 +112,8 @@ pub enum StartError {
 pub struct RunningServer {
     /// Bound proxy addresses (useful with port 0).
     pub listen_addrs: Vec<SocketAddr>,
+    /// Bound TCP listener addresses, in `Options::tcp` order.
+    pub tcp_addrs: Vec<SocketAddr>,
     pub admin_addr: SocketAddr,
     pub admin: Arc<AdminState>,
     /// Asks the reload task for a reload.
@@ -135,6 +183,14 @@ impl RunningServer {
         for listener in listeners_bound {
             listeners.spawn(listener::serve(listener, proxy.clone(), shutdown_rx.clone(), options.drain_timeout));
         }
+        let mut tcp_addrs = Vec::with_capacity(options.tcp.len());
+        for TcpListen { addr, host } in &options.tcp {
+            let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: *addr, source })?;
+            tcp_addrs.push(listener.local_addr().map_err(|source| StartError::Bind { addr: *addr, source })?);
+            let serve =
+                tcp::serve(listener, host.as_str().into(), proxy.clone(), shutdown_rx.clone(), options.drain_timeout);
+            listeners.spawn(serve);
+        }
         let workers = match worker_sockets {
             Some(sockets) => Some(
                 workers::spawn(sockets, proxy.clone(), shutdown_rx.clone(), options.drain_timeout)
@@ -165,9 +221,10 @@ impl RunningServer {
         if matches!(first, Outcome::Applied { .. }) {
             admin.ready.store(true, Ordering::Release);
         }
-        info!(listen = ?listen_addrs, admin = %admin_addr, "meshd listening");
+        info!(listen = ?listen_addrs, tcp = ?tcp_addrs, admin = %admin_addr, "meshd listening");
         Ok(RunningServer {
             listen_addrs,
+            tcp_addrs,
             admin_addr,
             admin,
             reload,

@@ -582,6 +582,7 @@ pub fn options(config: &Path) -> Options {
         drain_timeout: Duration::from_secs(5),
         watch: true,
         workers: 1,
+        tcp: Vec::new(),
     }
 }
 

@@ -32,7 +32,7 @@ struct NotApplied {
 
 const NOT_APPLIED: NotApplied = NotApplied {
     http_route_fields: true,
-    routes: &["tls", "tcp"],
+    routes: &["tls"],
     policy_blocks: &["tls", "tunnel", "proxyProtocol", "retryBudget"],
     load_balancer: &["localityLbSetting", "zoneAwareLbSetting"],
     connection_pool: &["h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams", "http2KeepAlive"],
@@ -149,10 +149,10 @@ mod tests {
             unapplied(&object("VirtualService", "ratings", spec)),
             ["VirtualService default/ratings: spec.http: not applied yet: retries.retryRemoteLocalities"]
         );
-        let tcp = "hosts: [a]\nhttp:\n- retries: {attempts: 2, retryRemoteLocalities: true}\n  timeout: 1s\n  route:\n  - destination: {host: a}\ntcp:\n- route:\n  - destination: {host: a}";
+        let tcp = "hosts: [a]\nhttp:\n- retries: {attempts: 2, retryRemoteLocalities: true}\n  timeout: 1s\n  route:\n  - destination: {host: a}\ntls:\n- match: [{sniHosts: [a]}]\n  route:\n  - destination: {host: a}";
         assert_eq!(
             unapplied(&object("VirtualService", "a", tcp)),
-            ["VirtualService default/a: spec: not applied yet: http.retries.retryRemoteLocalities, tcp"]
+            ["VirtualService default/a: spec: not applied yet: http.retries.retryRemoteLocalities, tls"]
         );
         assert!(unapplied(&object("VirtualService", "a", "hosts: [a]\nhttp:\n- route:\n  - destination: {host: a}"))
             .is_empty());
