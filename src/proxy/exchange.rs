@@ -44,6 +44,7 @@ use super::flags::ResponseFlags;
 use super::forward::{self, ForwardError};
 use super::headers;
 use super::local::LocalReply;
+use super::upgrade::{self, Upgrade};
 use crate::routing::actions::Mutations;
 use crate::routing::retry::{Failure, RetryPolicy, RoutePolicy};
 use crate::upstream::outlier::Outcome;
@@ -75,6 +76,9 @@ pub struct Exchange {
     pub flags: ResponseFlags,
     /// The rule's and destination's response header operations.
     pub mutations: Option<Box<Mutations>>,
+    /// The client's `Upgrade` (WebSocket…), tunnelled if the upstream
+    /// answers 101.
+    pub upgrade: Option<Box<Upgrade>>,
 }
 
 /// The attempts of one exchange; outlives the attempt future so a route
@@ -190,8 +194,27 @@ fn proxied(
     flags: ResponseFlags,
     slot: RequestSlot,
 ) -> Response<ProxyBody> {
+    let mut response = response;
+    let switched = response.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+    let upgraded = match (switched, ex.upgrade) {
+        (true, Some(upgrade)) => Some((upgrade.downstream, hyper::upgrade::on(&mut response))),
+        _ => None,
+    };
     let (mut parts, inner) = response.into_parts();
+    let protocol = parts.headers.get(http::header::UPGRADE).cloned();
     headers::strip_hop_by_hop(&mut parts.headers, false);
+    // After a 101 the connection is never reused: it is the tunnel's, or
+    // (a 101 nobody asked for) it is closed.
+    let conn = match upgraded {
+        Some((downstream, upstream)) => {
+            if let Some(protocol) = protocol {
+                upgrade::restore_headers(&mut parts.headers, protocol);
+            }
+            upgrade::tunnel(downstream, upstream, conn);
+            None
+        }
+        None => (!switched).then_some(conn),
+    };
     let service_ms = ex.start.elapsed().as_millis() as u64;
     parts.headers.insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::service_time(service_ms));
     if let Some(cookie) = ex.set_cookie {
@@ -204,7 +227,7 @@ fn proxied(
         status: parts.status.as_u16(),
         response_bytes: headers::STATUS_LINE_BYTES + headers::block_bytes(&parts.headers),
         active,
-        conn: Some(conn),
+        conn,
         start: ex.start,
         flags,
         request_bytes: ex.request_bytes,

@@ -11,9 +11,8 @@ use std::time::Duration;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::body::ProxyBody;
@@ -27,14 +26,16 @@ type RequestFuture = Pin<Box<dyn Future<Output = Result<http::Response<ProxyBody
 /// Serves `listener` until `shutdown` turns true, then drains: stops
 /// accepting, tells every open connection to finish its current request
 /// and close (HTTP/1.1: no more keep-alive; HTTP/2: GOAWAY), and returns
-/// once all have closed or `drain_timeout` has passed.
+/// once all have closed or `drain_timeout` has passed. Each connection
+/// task holds a clone of one sender; the drain is complete when the last
+/// is dropped (mini-redis's shutdown pattern).
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
     drain_timeout: Duration,
 ) {
-    let graceful = GracefulShutdown::new();
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
     let servers = Arc::new(Servers::new());
     loop {
         let accepted = tokio::select! {
@@ -66,18 +67,20 @@ pub async fn serve(
             let respond: RequestFuture = Box::pin(async move { Ok(handle(proxy, downstream, req).await) });
             respond
         });
-        let (servers, watcher, shutdown) = (servers.clone(), graceful.watcher(), shutdown.clone());
+        let (servers, open, shutdown) = (servers.clone(), open.clone(), shutdown.clone());
         let gauge = proxy.metrics.downstream_connections.clone();
         gauge.inc();
         tokio::spawn(async move {
-            if let Err(error) = servers.serve(stream, service, watcher, shutdown).await {
+            if let Err(error) = servers.serve(stream, service, shutdown).await {
                 debug!(%peer, %error, "downstream connection ended with an error");
             }
             gauge.dec();
+            drop(open);
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
+    drop(open);
+    if tokio::time::timeout(drain_timeout, all_closed.recv()).await.is_err() {
         warn!(?drain_timeout, "drain timeout passed with connections still open");
     }
 }
@@ -105,13 +108,14 @@ impl Servers {
     }
 
     /// Serves one connection. Until its first bytes arrive it holds no
-    /// HTTP state, and a drain closes it at once; after that `watcher`
-    /// lets a drain finish its requests.
+    /// HTTP state, and a drain closes it at once; after that a drain lets
+    /// it finish its requests (HTTP/1.1: no more keep-alive; HTTP/2:
+    /// GOAWAY). HTTP/1.1 connections may be upgraded (WebSocket and other
+    /// `Upgrade`s); the request path tunnels them.
     async fn serve<S>(
         &self,
         stream: TcpStream,
         service: S,
-        watcher: Watcher,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), hyper::Error>
     where
@@ -127,12 +131,22 @@ impl Servers {
         };
         match detected {
             Ok(Some(Protocol::Http1)) => {
-                watcher.watch(self.http1.serve_connection(TokioIo::new(stream), service)).await
+                let mut conn =
+                    std::pin::pin!(self.http1.serve_connection(TokioIo::new(stream), service).with_upgrades());
+                tokio::select! {
+                    ended = conn.as_mut() => return ended,
+                    _ = shutdown.wait_for(|stop| *stop) => conn.as_mut().graceful_shutdown(),
+                }
+                conn.await
             }
             // Boxed: HTTP/2 connections are few next to HTTP/1 ones, and
             // inline its state would size every connection's task.
             Ok(Some(Protocol::Http2)) => {
-                let conn = Box::pin(watcher.watch(self.http2.serve_connection(TokioIo::new(stream), service)));
+                let mut conn = Box::pin(self.http2.serve_connection(TokioIo::new(stream), service));
+                tokio::select! {
+                    ended = conn.as_mut() => return ended,
+                    _ = shutdown.wait_for(|stop| *stop) => conn.as_mut().graceful_shutdown(),
+                }
                 conn.await
             }
             Ok(None) => Ok(()),

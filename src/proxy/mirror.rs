@@ -67,6 +67,7 @@ pub async fn send_copies(
             grpc: false,
             flags: ResponseFlags::NONE,
             mutations: None,
+            upgrade: None,
         };
         tokio::spawn(async move { drain(exchange::run(ex, copy).await).await });
     }

@@ -29,7 +29,8 @@
 //!   fault abort replies, and the rewrite and header operations of a
 //!   forwarded request; `mirror`: fire-and-forget copies to mirror clusters.
 //! - `tcp`: TCP listeners bound to a host, routed by its `tcp` routes and
-//!   relayed byte for byte.
+//!   relayed byte for byte; `upgrade`: HTTP/1.1 `Upgrade`s (WebSocket)
+//!   tunnelled after the 101.
 //! - `body`: the response body stream and the bookkeeping at its end;
 //!   `headers`, `path`: header and path handling; `listener`: accept loops.
 
@@ -52,6 +53,7 @@ mod overrides;
 mod path;
 pub mod service;
 pub mod tcp;
+mod upgrade;
 
 pub use flags::ResponseFlags;
 

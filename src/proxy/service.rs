@@ -17,7 +17,7 @@ use super::exchange::{self, Exchange};
 use super::hash_key::{self, RequestHash};
 use super::headers;
 use super::local::LocalReply;
-use super::{mirror, overrides, path, Proxy, ResponseFlags};
+use super::{mirror, overrides, path, upgrade, Proxy, ResponseFlags};
 use crate::metrics::DestinationLabels;
 use crate::routing::actions::{CorsDecision, Mirror, Mutations};
 use crate::routing::retry::RoutePolicy;
@@ -96,19 +96,36 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
         Some(RequestHash::NewCookie { hash, set_cookie }) => (Some(hash), Some(set_cookie)),
     };
     let grpc = is_grpc(&req);
+    let upgrade = upgrade::requested(&mut req);
     let route = overrides::apply(req.headers_mut(), &policy).unwrap_or(policy);
     if let Some(mutations) = &mutations {
         rewrite(&mut req, mutations);
     }
     let (mut upstream_req, request_bytes) = prepare(req, &downstream, head_bytes);
-    if !mirrors.is_empty() {
+    if let Some(upgrade) = &upgrade {
+        upgrade::restore_headers(upstream_req.headers_mut(), upgrade.protocol.clone());
+    }
+    // An upgrade is not mirrored: its connection is the client's alone.
+    if !mirrors.is_empty() && upgrade.is_none() {
         let copies = Box::pin(mirror::send_copies(mirrors, upstream_req, &route, head_bytes));
         upstream_req = match copies.await {
             Ok(req) => req,
             Err(reply) => return reply.into_response(cluster.metrics(), &cluster.service_labels(), start, head_bytes),
         };
     }
-    let ex = Exchange { cluster, route, hash, set_cookie, start, timeout_from, request_bytes, grpc, flags, mutations };
+    let ex = Exchange {
+        cluster,
+        route,
+        hash,
+        set_cookie,
+        start,
+        timeout_from,
+        request_bytes,
+        grpc,
+        flags,
+        mutations,
+        upgrade,
+    };
     exchange::run(ex, upstream_req).await
 }
 

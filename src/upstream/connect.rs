@@ -54,7 +54,8 @@ where
     let (send, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
     tokio::spawn(async move {
         let _guard = guard;
-        if let Err(error) = conn.await {
+        // With upgrades: a 101 hands the socket to the request path's tunnel.
+        if let Err(error) = conn.with_upgrades().await {
             debug!(%addr, %error, "upstream connection ended");
         }
     });
