@@ -303,8 +303,10 @@ impl Attempts {
             let endpoint = pick.endpoint;
             self.current = Some(endpoint.clone());
             let active = endpoint.clone().start();
-            let send =
-                |req| forward::send(endpoint.pool(), ex.cluster.resources(), &pick.pool, pick.connect_timeout, req);
+            let tls = pick.tls.as_deref();
+            let send = |req| {
+                forward::send(endpoint.pool(), ex.cluster.resources(), &pick.pool, pick.connect_timeout, tls, req)
+            };
             let per_try = retry.and_then(|r| r.per_try_timeout);
             let sent = match per_try {
                 None => Ok(send(req).await),

@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 
 use super::flags::ResponseFlags;
 use crate::routing::PoolSettings;
+use crate::upstream::tls::UpstreamTls;
 use crate::upstream::{ClusterResources, ConnectError, ConnectionPool, PoolError, PooledConn, RequestBody};
 
 /// Why an upstream exchange failed before response headers.
@@ -64,10 +65,11 @@ pub async fn send(
     resources: &Arc<ClusterResources>,
     settings: &PoolSettings,
     connect_timeout: Duration,
+    tls: Option<&UpstreamTls>,
     mut req: Request<RequestBody>,
 ) -> Result<(Response<Incoming>, PooledConn), Failed> {
     loop {
-        let mut checkout = match pool.checkout(resources, settings, connect_timeout).await {
+        let mut checkout = match pool.checkout_with(resources, settings, connect_timeout, tls).await {
             Ok(checkout) => checkout,
             Err(error) => return Err(Failed { error: error.into(), unsent: Some(req) }),
         };

@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -23,6 +23,7 @@ use super::endpoint::Endpoint;
 use super::outlier::{Outcome, OutlierDetector};
 use super::resources::ClusterResources;
 use super::stats::{self, Membership, RouterStats};
+use super::tls::UpstreamTls;
 use super::{dns, sweep};
 use crate::metrics::{ClusterSample, DestinationLabels, Metrics};
 use crate::routing::{ClusterSpec, EndpointSpec, LbPolicy, PoolSettings};
@@ -56,6 +57,9 @@ pub struct Cluster {
     /// `true` once the cluster has its first set of endpoints (at once for
     /// static clusters; after the first lookup for DNS ones).
     warm: watch::Sender<bool>,
+    /// TLS origination (`trafficPolicy.tls`), rebuilt only when its
+    /// settings change; `None` for plain TCP.
+    tls: ArcSwapOption<UpstreamTls>,
 }
 
 /// An endpoint chosen for one attempt, with what connecting needs.
@@ -63,6 +67,8 @@ pub struct Picked {
     pub endpoint: Arc<Endpoint>,
     pub connect_timeout: Duration,
     pub pool: PoolSettings,
+    /// TLS for new connections, when the cluster originates it.
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 // === impl Cluster ===
@@ -81,6 +87,7 @@ impl Cluster {
             dns: Mutex::new(None),
             sweep: Mutex::new(None),
             warm: watch::Sender::new(spec.dns.is_empty()),
+            tls: ArcSwapOption::new(UpstreamTls::build(spec.policy.resolved.tls.as_ref(), &spec.service.host)),
         });
         cluster.restart_dns(spec);
         cluster.restart_sweep(spec);
@@ -137,7 +144,8 @@ impl Cluster {
             (None, _) => self.balancer.pick(state.spec.policy.lb, &state.healthy, avoid),
         }?;
         let policy = &state.spec.policy;
-        Some(Picked { endpoint: endpoint.clone(), connect_timeout: policy.connect_timeout, pool: policy.pool })
+        let tls = self.tls.load_full();
+        Some(Picked { endpoint: endpoint.clone(), connect_timeout: policy.connect_timeout, pool: policy.pool, tls })
     }
 
     /// Reports one result of a request to `endpoint` to outlier detection;
@@ -195,6 +203,10 @@ impl Cluster {
             return;
         }
         self.resources.set_limits(spec.policy.limits);
+        let tls = spec.policy.resolved.tls.as_ref();
+        if !self.tls.load().as_ref().map_or(tls.is_none(), |t| t.built_from(tls, &spec.service.host)) {
+            self.tls.store(UpstreamTls::build(tls, &spec.service.host));
+        }
         let same_names = current.spec.dns == spec.dns;
         let resolved = if same_names { current.resolved.clone() } else { Vec::new() };
         let next = ClusterState::build(spec.clone(), resolved, Some(&current.endpoints), &self.metrics);

@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::body::RequestBody;
+use super::tls::{TlsError, UpstreamTls};
 use crate::routing::Keepalive;
 
 /// Why a connection could not be made. Both are Envoy's `UF`.
@@ -27,6 +28,8 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("connection failure: handshake: {0}")]
     Handshake(#[source] hyper::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Connects to `addr` within `timeout`, sets the socket options, and
@@ -40,6 +43,7 @@ pub async fn connect<G>(
     addr: SocketAddr,
     timeout: Duration,
     keepalive: Option<&Keepalive>,
+    tls: Option<&UpstreamTls>,
     guard: G,
 ) -> Result<SendRequest<RequestBody>, ConnectError>
 where
@@ -51,7 +55,24 @@ where
     if let Some(keepalive) = keepalive {
         SockRef::from(&stream).set_tcp_keepalive(&tcp_keepalive(keepalive))?;
     }
-    let (send, conn) = http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(ConnectError::Handshake)?;
+    match tls {
+        None => handshake(stream, addr, guard).await,
+        Some(tls) => {
+            // The TLS handshake gets the connect timeout as well.
+            let secured = tokio::time::timeout(timeout, tls.connect(stream));
+            let stream = secured.await.map_err(|_| ConnectError::Timeout(timeout))??;
+            handshake(stream, addr, guard).await
+        }
+    }
+}
+
+/// HTTP/1.1 over `io`, its driver task spawned.
+async fn handshake<I, G>(io: I, addr: SocketAddr, guard: G) -> Result<SendRequest<RequestBody>, ConnectError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    G: Send + 'static,
+{
+    let (send, conn) = http1::Builder::new().handshake(TokioIo::new(io)).await.map_err(ConnectError::Handshake)?;
     tokio::spawn(async move {
         let _guard = guard;
         // With upgrades: a 101 hands the socket to the request path's tunnel.
@@ -89,6 +110,7 @@ impl ConnectError {
     pub fn reason(&self) -> &'static str {
         match self {
             ConnectError::Timeout(_) => "connection timeout",
+            ConnectError::Tls(_) => "TLS error",
             _ => "connection failure",
         }
     }
@@ -133,7 +155,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let guard = std::sync::Arc::new(());
-        let send = connect(addr, Duration::from_secs(1), None, guard.clone()).await.expect("connect");
+        let send = connect(addr, Duration::from_secs(1), None, None, guard.clone()).await.expect("connect");
         let (server_side, _) = listener.accept().await.expect("accept");
         assert_eq!(std::sync::Arc::strong_count(&guard), 2);
         drop(server_side);

@@ -47,6 +47,7 @@ pub mod resources;
 pub mod shard;
 pub mod stats;
 mod sweep;
+pub mod tls;
 
 pub use body::RequestBody;
 pub use cluster::{Cluster, ClusterState, Picked};

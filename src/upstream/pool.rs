@@ -54,6 +54,7 @@ use tokio::time::Instant;
 use super::body::RequestBody;
 use super::connect::{connect, ConnectError};
 use super::resources::{ClusterResources, ConnectionSlot, PendingSlot};
+use super::tls::UpstreamTls;
 use crate::routing::PoolSettings;
 
 /// Idle connections kept per endpoint beyond which returned connections
@@ -169,13 +170,25 @@ impl ConnectionPool {
         self.addr
     }
 
-    /// A connection for one request: the newest live idle one, else a new
-    /// one, else the next one checked in, within the cluster's limits.
+    /// A plain-TCP connection for one request (see [`Self::checkout_with`]).
     pub async fn checkout(
         &self,
         resources: &Arc<ClusterResources>,
         settings: &PoolSettings,
         connect_timeout: Duration,
+    ) -> Result<Checkout, PoolError> {
+        self.checkout_with(resources, settings, connect_timeout, None).await
+    }
+
+    /// A connection for one request: the newest live idle one, else a new
+    /// one (over TLS when `tls` is set), else the next one checked in,
+    /// within the cluster's limits.
+    pub async fn checkout_with(
+        &self,
+        resources: &Arc<ClusterResources>,
+        settings: &PoolSettings,
+        connect_timeout: Duration,
+        tls: Option<&UpstreamTls>,
     ) -> Result<Checkout, PoolError> {
         // Held from the moment no idle connection can take the request
         // until the checkout ends, one way or another.
@@ -194,7 +207,7 @@ impl ConnectionPool {
                     // checkout.
                     // (In its own statement: a temporary of the awaiting
                     // statement would stay in this future's state.)
-                    let opening = Box::pin(self.open(resources, settings, connect_timeout, open));
+                    let opening = Box::pin(self.open(resources, settings, connect_timeout, tls, open));
                     let conn = opening.await?;
                     return Ok(Checkout { conn, reused: false });
                 }
@@ -284,9 +297,10 @@ impl ConnectionPool {
         resources: &ClusterResources,
         settings: &PoolSettings,
         timeout: Duration,
+        tls: Option<&UpstreamTls>,
         open: OpenConnection,
     ) -> Result<PooledConn, PoolError> {
-        match connect(self.addr, timeout, settings.tcp_keepalive.as_ref(), open).await {
+        match connect(self.addr, timeout, settings.tcp_keepalive.as_ref(), tls, open).await {
             Ok(sender) => Ok(PooledConn::new(sender, settings)),
             Err(error) => {
                 resources.connect_failed(matches!(error, ConnectError::Timeout(_)));

@@ -1,0 +1,253 @@
+//! TLS origination: a DestinationRule's `trafficPolicy.tls` (spec §2.10)
+//! turned into a rustls client configuration for a cluster's connections.
+//!
+//! - `SIMPLE`: TLS, the server verified against `caCertificates` (a PEM
+//!   file), else the system's roots (rustls-native-certs).
+//! - `MUTUAL`: the same, and the client presents `clientCertificate` with
+//!   `privateKey`.
+//! - `sni`: the name sent, else the service's host; the certificate must
+//!   name it, or with `subjectAltNames` one of those names instead.
+//! - `insecureSkipVerify: true`: the server's certificate is not checked
+//!   (the handshake signatures still are).
+//! - `DISABLE` or no mode: plain TCP. `ISTIO_MUTUAL` needs the mesh's
+//!   certificates (issue 6) and is refused at connect time until then.
+//!
+//! Files are read when the cluster is built or its policy changes. A
+//! configuration that cannot be built never falls back to plain text:
+//! every connect fails with the reason (`503 UF`).
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::resources::{ClientTlsMode, ClientTlsSettings};
+
+/// A cluster's TLS origination.
+pub struct UpstreamTls {
+    /// The settings and host it was built from: equal inputs build an equal
+    /// configuration, so a reload that keeps them keeps this.
+    settings: ClientTlsSettings,
+    host: Arc<str>,
+    /// SNI.
+    server_name: ServerName<'static>,
+    /// The connector, or why there is none (every connect then fails).
+    connector: Result<TlsConnector, String>,
+}
+
+/// Why a TLS connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS configuration: {0}")]
+    Config(String),
+    #[error("TLS handshake: {0}")]
+    Handshake(#[source] std::io::Error),
+}
+
+// === impl UpstreamTls ===
+
+impl UpstreamTls {
+    /// The origination `settings` ask for towards `host`; `None` for plain
+    /// TCP (`DISABLE` or no mode).
+    pub fn build(settings: Option<&ClientTlsSettings>, host: &Arc<str>) -> Option<Arc<Self>> {
+        let settings = settings?;
+        let mode = settings.mode?;
+        if mode == ClientTlsMode::Disable {
+            return None;
+        }
+        let sni = settings.sni.as_deref().filter(|s| !s.is_empty()).unwrap_or(host);
+        let unspecified = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let server_name = ServerName::try_from(sni.to_owned()).unwrap_or(unspecified);
+        let connector = client_config(mode, settings).map(|config| TlsConnector::from(Arc::new(config)));
+        Some(Arc::new(UpstreamTls { settings: settings.clone(), host: host.clone(), server_name, connector }))
+    }
+
+    /// Whether this was built from `settings` towards `host`.
+    pub fn built_from(&self, settings: Option<&ClientTlsSettings>, host: &str) -> bool {
+        settings == Some(&self.settings) && &*self.host == host
+    }
+
+    /// The TLS handshake over a connected `stream`.
+    pub async fn connect(&self, stream: TcpStream) -> Result<TlsStream<TcpStream>, TlsError> {
+        let connector = self.connector.as_ref().map_err(|why| TlsError::Config(why.clone()))?;
+        connector.connect(self.server_name.clone(), stream).await.map_err(TlsError::Handshake)
+    }
+}
+
+impl fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamTls").field("settings", &self.settings).field("host", &self.host).finish()
+    }
+}
+
+fn client_config(mode: ClientTlsMode, settings: &ClientTlsSettings) -> Result<ClientConfig, String> {
+    if mode == ClientTlsMode::IstioMutual {
+        return Err("ISTIO_MUTUAL needs the mesh certificates, not supported yet".into());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let verifier = verifier(settings, &provider)?;
+    let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
+    let mut config = match mode {
+        ClientTlsMode::Mutual => {
+            let (cert, key) = match (&settings.client_certificate, &settings.private_key) {
+                (Some(cert), Some(key)) => (cert, key),
+                _ => return Err("MUTUAL needs clientCertificate and privateKey".into()),
+            };
+            let chain = certificates(Path::new(cert))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("privateKey {key}: {e}"))?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| e.to_string())?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// How the server's certificate is checked.
+fn verifier(
+    settings: &ClientTlsSettings,
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ServerCertVerifier>, String> {
+    if settings.insecure_skip_verify == Some(true) {
+        return Ok(Arc::new(SkipVerify(provider.clone())));
+    }
+    let roots = match &settings.ca_certificates {
+        Some(file) if !file.is_empty() => {
+            let mut roots = RootCertStore::empty();
+            for cert in certificates(Path::new(file))? {
+                roots.add(cert).map_err(|e| format!("caCertificates {file}: {e}"))?;
+            }
+            roots
+        }
+        _ => system_roots()?,
+    };
+    let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .map_err(|e| e.to_string())?;
+    let names = settings.subject_alt_names.iter().filter_map(|n| ServerName::try_from(n.clone()).ok()).collect();
+    Ok(Arc::new(SanVerifier { inner: webpki, names }))
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Result<Vec<_>, _> =
+        CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?.collect();
+    let certs = certs.map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn system_roots() -> Result<RootCertStore, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err("no system root certificates found; set caCertificates".into());
+    }
+    Ok(roots)
+}
+
+/// WebPKI verification, against `subjectAltNames` instead of the SNI when
+/// the policy lists them: the certificate must name one of them.
+#[derive(Debug)]
+struct SanVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    names: Vec<ServerName<'static>>,
+}
+
+impl ServerCertVerifier for SanVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if self.names.is_empty() {
+            return self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        }
+        let mut last = rustls::Error::General("no subjectAltNames".into());
+        for name in &self.names {
+            match self.inner.verify_server_cert(end_entity, intermediates, name, ocsp, now) {
+                Ok(verified) => return Ok(verified),
+                Err(error) => last = error,
+            }
+        }
+        Err(last)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// `insecureSkipVerify`: any certificate, signatures still checked.
+#[derive(Debug)]
+struct SkipVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for SkipVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
