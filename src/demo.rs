@@ -48,6 +48,7 @@ pub async fn run(config: PathBuf, namespace: String) -> ExitCode {
         watch: true,
         workers: 1,
         tcp: Vec::new(),
+        gateway_bind: std::net::Ipv4Addr::LOCALHOST.into(),
     };
     let server = match RunningServer::start(options).await {
         Ok(server) => server,

@@ -56,6 +56,9 @@ struct RunArgs {
     /// sockets (default: available cores, at most 2, as a sidecar).
     #[arg(long, env = "MESHD_WORKERS")]
     workers: Option<usize>,
+    /// Address the ports of Gateway resources listen on.
+    #[arg(long, env = "MESHD_GATEWAY_BIND_ADDRESS", default_value = "0.0.0.0")]
+    gateway_bind_address: std::net::IpAddr,
 }
 
 #[derive(Args)]
@@ -174,6 +177,7 @@ async fn run(args: RunArgs, workers: usize) -> ExitCode {
         config: args.config,
         listen,
         tcp,
+        gateway_bind: args.gateway_bind_address,
         admin: args.admin,
         namespace: namespace(&args.common.namespace),
         drain_timeout: args.drain_timeout,

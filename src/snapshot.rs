@@ -9,13 +9,16 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 use crate::config::Config;
-use crate::routing::RouteTable;
+use crate::routing::{GatewayListener, RouteTable};
 use crate::upstream::Cluster;
 
 pub struct Snapshot {
     /// Increases by one with every applied configuration (0: none yet).
     pub version: u64,
+    /// The mesh's (sidecar) listeners' routes.
     pub table: RouteTable,
+    /// The Gateways' listeners, by port, with their routes.
+    pub gateways: Vec<GatewayListener>,
     /// Indexed by `ClusterId`.
     pub clusters: Vec<Arc<Cluster>>,
     /// The configuration this snapshot was compiled from (`/config_dump`).
@@ -41,9 +44,17 @@ impl Snapshot {
         Snapshot {
             version: 0,
             table: RouteTable::default(),
+            gateways: Vec::new(),
             clusters: Vec::new(),
             config: ConfigDump::of(&Config::default()),
         }
+    }
+}
+
+impl Snapshot {
+    /// The Gateway listener on `port`, if the configuration has one.
+    pub fn gateway(&self, port: u16) -> Option<&GatewayListener> {
+        self.gateways.iter().find(|g| g.port == port)
     }
 }
 

@@ -10,6 +10,9 @@ use http::{Request, StatusCode, Uri};
 
 use super::flags::ResponseFlags;
 use super::local::LocalReply;
+use std::sync::OnceLock;
+
+use crate::config::resources::{HttpRedirect, RedirectPortSelection};
 use crate::routing::actions::{Abort, DirectResponse, Mutations, Redirect, RedirectFrom, RouteExtras};
 use crate::routing::RequestView;
 
@@ -33,6 +36,24 @@ pub fn redirect_reply(redirect: &Redirect, view: &RequestView<'_>, extras: Optio
         reply.headers.insert(header::LOCATION, location);
     }
     with_response_headers(reply, extras)
+}
+
+/// A Gateway server's `httpsRedirect`: 301 to the same host (without its
+/// port), path and query over `https`.
+pub fn https_redirect(view: &RequestView<'_>) -> LocalReply {
+    static TO_HTTPS: OnceLock<Option<Redirect>> = OnceLock::new();
+    let redirect = TO_HTTPS.get_or_init(|| {
+        let spec = HttpRedirect {
+            scheme: Some("https".into()),
+            derive_port: Some(RedirectPortSelection::FromProtocolDefault),
+            ..HttpRedirect::default()
+        };
+        Redirect::compile(&spec, None).ok()
+    });
+    match redirect {
+        Some(redirect) => redirect_reply(redirect, view, None),
+        None => LocalReply::no_route(),
+    }
 }
 
 /// The direct response of a rule, with its response header operations.

@@ -29,8 +29,15 @@ type RequestFuture = Pin<Box<dyn Future<Output = Result<http::Response<ProxyBody
 /// once all have closed or `drain_timeout` has passed. Each connection
 /// task holds a clone of one sender; the drain is complete when the last
 /// is dropped (mini-redis's shutdown pattern).
-pub async fn serve(
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: watch::Receiver<bool>, drain_timeout: Duration) {
+    serve_on(listener, None, proxy, shutdown, drain_timeout).await
+}
+
+/// [`serve`] for the listener of a Gateway's port (`gateway`), which
+/// routes by that port's table.
+pub async fn serve_on(
     listener: TcpListener,
+    gateway: Option<u16>,
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
     drain_timeout: Duration,
@@ -56,7 +63,7 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "set_nodelay failed");
         }
-        let downstream = Downstream { peer, scheme: "http" };
+        let downstream = Downstream { peer, scheme: "http", gateway };
         let proxy_for_conn = proxy.clone();
         // The request future is boxed: hyper keeps a slot of the service
         // future's size in every connection for its whole life, so an

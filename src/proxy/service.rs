@@ -11,7 +11,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::actions::{direct_reply, fault_abort, preflight_reply, redirect_reply, rewrite};
+use super::actions::{direct_reply, fault_abort, https_redirect, preflight_reply, redirect_reply, rewrite};
 use super::body::{BodyBytes, ProxyBody, RequestBytes};
 use super::exchange::{self, Exchange};
 use super::hash_key::{self, RequestHash};
@@ -31,6 +31,8 @@ pub struct Downstream {
     pub peer: SocketAddr,
     /// `http` (or `https` on TLS listeners).
     pub scheme: &'static str,
+    /// The Gateway port whose routes apply; `None` on the mesh listeners.
+    pub gateway: Option<u16>,
 }
 
 /// A local reply instead of a route, with the destination its metrics are
@@ -149,7 +151,15 @@ fn route(snapshot: &Snapshot, downstream: &Downstream, req: &Request<Incoming>) 
         let host = host_only(authority);
         Box::new((reply, DestinationLabels::for_service(host, host, "unknown")))
     };
-    let (route, forward) = match snapshot.table.find(&view) {
+    let table = match downstream.gateway {
+        None => &snapshot.table,
+        Some(port) => match snapshot.gateway(port) {
+            Some(gateway) if gateway.https_redirect => return Err(local(https_redirect(&view))),
+            Some(gateway) => &gateway.table,
+            None => return Err(local(LocalReply::no_route())),
+        },
+    };
+    let (route, forward) = match table.find(&view) {
         Lookup::NoVirtualHost | Lookup::NoRoute(_) => return Err(local(LocalReply::no_route())),
         Lookup::Route(_, route) => match &route.action {
             Action::Forward(forward) => (route, forward),

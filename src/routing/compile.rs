@@ -29,17 +29,19 @@ const NON_REGISTRY_PORT: u16 = 80;
 pub fn compile(config: &Config) -> Compiled {
     let mut warnings = Vec::new();
     let (registry, clusters) = Registry::build(config, &mut warnings);
-    let claims = Claims::new(config, &mut warnings);
+    let for_mesh =
+        |vs: &Resource<VirtualService>| vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh");
+    let claims = Claims::new(config, for_mesh, &mut warnings);
     let mut vhosts = Vec::new();
     // (domain, vhost, canonical)
     let mut domains: Vec<(String, usize, bool)> = Vec::new();
     let mut compiled_once = HashSet::new();
     let tcp_routes_of = |vs_index: usize, listener_port: Option<u16>, warnings: &mut Vec<Problem>| {
-        let ctx = RouteContext { config, registry: &registry, listener_port };
+        let ctx = RouteContext { config, registry: &registry, listener_port, gateway: None };
         vs_tcp_routes(&ctx, &config.virtual_services[vs_index], warnings)
     };
     let mut routes_of = |vs_index: usize, listener_port: Option<u16>, warnings: &mut Vec<Problem>| {
-        let ctx = RouteContext { config, registry: &registry, listener_port };
+        let ctx = RouteContext { config, registry: &registry, listener_port, gateway: None };
         let vs = &config.virtual_services[vs_index];
         // A wildcard VS may serve many hosts: report its problems once.
         if compiled_once.insert(vs_index) {
@@ -106,8 +108,9 @@ pub fn compile(config: &Config) -> Compiled {
             });
         }
     }
+    let gateways = super::gateways::compile(config, &registry, &mut warnings);
     let clusters = clusters.into_iter().map(Arc::new).collect();
-    Compiled { table: RouteTable { hosts, virtual_hosts: vhosts }, clusters, warnings }
+    Compiled { table: RouteTable { hosts, virtual_hosts: vhosts }, clusters, warnings, gateways }
 }
 
 fn same_entry(registry: &Registry<'_>, a: &str, b: &str) -> bool {
@@ -133,25 +136,31 @@ fn default_route(registry: &Registry<'_>, service: &Service<'_>) -> Route {
 }
 
 /// VirtualService hosts and who owns them.
-struct Claims {
+pub(super) struct Claims {
     /// Host → VS index.
     exact: HashMap<String, usize>,
     /// Wildcard hosts, longest first.
     wildcards: Vec<(String, usize)>,
     /// Every claim, in claim order.
-    order: Vec<(String, usize)>,
+    pub(super) order: Vec<(String, usize)>,
 }
 
 // === impl Claims ===
 
 impl Claims {
-    fn new(config: &Config, warnings: &mut Vec<Problem>) -> Claims {
+    /// The claims of the visible VirtualServices for which `applies`
+    /// (bound to the listeners at hand) holds.
+    pub(super) fn new(
+        config: &Config,
+        applies: impl Fn(&Resource<VirtualService>) -> bool,
+        warnings: &mut Vec<Problem>,
+    ) -> Claims {
         let mut applicable: Vec<(usize, &Resource<VirtualService>)> = config
             .virtual_services
             .iter()
             .enumerate()
             .filter(|(_, vs)| exported_to(&vs.spec.export_to, &vs.meta.namespace, &config.namespace))
-            .filter(|(_, vs)| vs.spec.gateways.is_empty() || vs.spec.gateways.iter().any(|g| g == "mesh"))
+            .filter(|(_, vs)| applies(vs))
             .collect();
         applicable
             .sort_by(|(i, a), (j, b)| precedence(a, *i, &config.namespace).cmp(&precedence(b, *j, &config.namespace)));

@@ -23,6 +23,7 @@ mod cluster_policy;
 mod compile;
 mod delegate;
 mod dest_rule;
+mod gateways;
 mod host_index;
 mod matcher;
 mod policy;
@@ -38,6 +39,7 @@ pub use cluster_policy::{
     PoolSettings, Warmup, UNLIMITED,
 };
 pub use compile::compile;
+pub use gateways::{GatewayListener, TlsServer};
 pub use host_index::HostIndex;
 pub use matcher::RequestMatch;
 pub use policy::{resolve_policy, ResolvedPolicy};
@@ -53,6 +55,8 @@ pub struct Compiled {
     /// Non-fatal findings of compilation (dropped duplicate virtual hosts,
     /// unreachable routes, skipped endpoints…).
     pub warnings: Vec<Problem>,
+    /// The listeners Gateways ask for, by port, each with its own table.
+    pub gateways: Vec<GatewayListener>,
 }
 
 /// Virtual hosts and the index that finds them by Host / `:authority`.

@@ -39,6 +39,9 @@ pub(super) struct RouteContext<'a, 'c> {
     /// `port.number` (istiod uses the listener port): the virtual host's
     /// service port, or 80 for a non-registry host.
     pub listener_port: Option<u16>,
+    /// Which listeners the routes are for: the mesh (`None`) or the
+    /// Gateway `namespace/name`.
+    pub gateway: Option<&'a str>,
 }
 
 /// The routes `vs` yields; empty when every rule was filtered out.
@@ -101,7 +104,7 @@ fn match_blocks<'h>(
     }
     let mut out = Vec::with_capacity(http.matches.len());
     for (j, m) in http.matches.iter().enumerate() {
-        if !applies_to_proxy(m, &ctx.config.namespace) {
+        if !applies_to_proxy(m, &ctx.config.namespace, ctx.gateway, &vs.meta.namespace) {
             continue;
         }
         let name = match &m.name {
@@ -116,11 +119,25 @@ fn match_blocks<'h>(
     out
 }
 
-/// Config-time selectors of a match block (spec §1.4).
-fn applies_to_proxy(m: &HttpMatchRequest, proxy_namespace: &str) -> bool {
-    let gateway_ok = m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh");
+/// Config-time selectors of a match block (spec §1.4): its `gateways` name
+/// the listeners' binding (`mesh`, or the gateway as `name` in the VS's
+/// namespace or `namespace/name`).
+fn applies_to_proxy(m: &HttpMatchRequest, proxy_namespace: &str, gateway: Option<&str>, vs_namespace: &str) -> bool {
+    let gateway_ok = m.gateways.is_empty() || m.gateways.iter().any(|g| binds(g, gateway, vs_namespace));
     let ns_ok = m.source_namespace.as_deref().map_or(true, |ns| ns == proxy_namespace);
     gateway_ok && m.source_labels.is_empty() && ns_ok
+}
+
+/// Whether a `gateways` entry `name` of a resource in `namespace` names the
+/// binding `gateway` (`None`: the mesh).
+pub(super) fn binds(name: &str, gateway: Option<&str>, namespace: &str) -> bool {
+    match gateway {
+        None => name == "mesh",
+        Some(key) => match name.split_once('/') {
+            Some(_) => name == key,
+            None => key.split_once('/').is_some_and(|(ns, gw)| ns == namespace && gw == name),
+        },
+    }
 }
 
 /// What a rule's routes lead to, before the per-block parts.

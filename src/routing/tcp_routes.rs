@@ -23,7 +23,7 @@ use crate::config::resources::{L4MatchAttributes, Resource, RouteDestination, Vi
 use crate::config::{host, Problem};
 
 use super::compile::warn;
-use super::routes::RouteContext;
+use super::routes::{binds, RouteContext};
 use super::services::{cluster_name, service_meta, Registry, Service};
 use super::{ClusterRef, Forward, WeightedDestination};
 
@@ -70,8 +70,11 @@ pub(super) fn vs_tcp_routes(
 ) -> Vec<TcpRoute> {
     let mut routes = Vec::new();
     for (i, rule) in vs.spec.tcp.iter().enumerate() {
-        let kept: Vec<&L4MatchAttributes> =
-            rule.matches.iter().filter(|m| applies_to_proxy(m, &ctx.config.namespace)).collect();
+        let kept: Vec<&L4MatchAttributes> = rule
+            .matches
+            .iter()
+            .filter(|m| applies_to_proxy(m, &ctx.config.namespace, ctx.gateway, &vs.meta.namespace))
+            .collect();
         if !rule.matches.is_empty() && kept.is_empty() {
             continue;
         }
@@ -112,8 +115,8 @@ fn tcp_port(service: &Service<'_>) -> Option<u16> {
     }
 }
 
-fn applies_to_proxy(m: &L4MatchAttributes, proxy_namespace: &str) -> bool {
-    let gateway_ok = m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh");
+fn applies_to_proxy(m: &L4MatchAttributes, proxy_namespace: &str, gateway: Option<&str>, vs_namespace: &str) -> bool {
+    let gateway_ok = m.gateways.is_empty() || m.gateways.iter().any(|g| binds(g, gateway, vs_namespace));
     let ns_ok = m.source_namespace.as_deref().map_or(true, |ns| ns == proxy_namespace);
     gateway_ok && m.source_labels.is_empty() && ns_ok
 }

@@ -15,16 +15,18 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 mod background;
+mod gateways;
 mod reload;
 mod workers;
 
 pub use reload::{Outcome, Reloader};
 
+use self::gateways::GatewayListeners;
 use crate::admin::{self, AdminState};
 use crate::config::Sources;
 use crate::metrics::{Metrics, SourceLabels};
@@ -52,6 +54,8 @@ pub struct Options {
     /// TCP listeners, each bound to a host; they run on the caller's
     /// runtime.
     pub tcp: Vec<TcpListen>,
+    /// Where the ports Gateways name are opened (`--gateway-bind-address`).
+    pub gateway_bind: std::net::IpAddr,
 }
 
 /// A TCP listener bound to one host (`--listen tcp://ADDR=HOST`).
@@ -129,6 +133,10 @@ pub struct RunningServer {
     listeners: JoinSet<()>,
     /// The worker threads, when listeners run on workers of their own.
     workers: Option<workers::Workers>,
+    /// Cloned into every Gateway listener task; dropped by `wait` so that
+    /// `gateways_closed` ends when the last of them has drained.
+    gateways_open: Option<mpsc::Sender<()>>,
+    gateways_closed: mpsc::Receiver<()>,
     background: JoinSet<()>,
     /// Keeps the file watcher alive.
     _watcher: Option<notify::RecommendedWatcher>,
@@ -202,8 +210,17 @@ impl RunningServer {
         let mut background = JoinSet::new();
         background.spawn(admin::serve(admin_listener, admin.clone(), stop_rx.clone()));
 
+        let (gateways_open, gateways_closed) = mpsc::channel(1);
+        let mut gateways = GatewayListeners::new(
+            options.gateway_bind,
+            proxy.clone(),
+            shutdown_rx.clone(),
+            options.drain_timeout,
+            gateways_open.downgrade(),
+        );
+        gateways.reconcile(&gateway_ports(&proxy.snapshot.load()));
         let reload = Arc::new(Notify::new());
-        background.spawn(reload_task(reloader, reload.clone(), admin.clone(), stop_rx));
+        background.spawn(reload_task(reloader, gateways, reload.clone(), admin.clone(), stop_rx));
         let watcher = if options.watch {
             let notify = reload.clone();
             match crate::config::watch::watch(&options.config, move || notify.notify_one()) {
@@ -232,6 +249,8 @@ impl RunningServer {
             stop,
             listeners,
             workers,
+            gateways_open: Some(gateways_open),
+            gateways_closed,
             background,
             _watcher: watcher,
         })
@@ -254,15 +273,23 @@ impl RunningServer {
         if let Some(workers) = self.workers.take() {
             workers.wait().await;
         }
+        drop(self.gateways_open.take());
+        while self.gateways_closed.recv().await.is_some() {}
         self.stop.send_replace(true);
         self.background.shutdown().await;
         info!("meshd stopped");
     }
 }
 
+/// The ports the snapshot's Gateways listen on.
+fn gateway_ports(snapshot: &Snapshot) -> Vec<u16> {
+    snapshot.gateways.iter().map(|g| g.port).collect()
+}
+
 /// Runs reloads one at a time as requests arrive, debounced.
 async fn reload_task(
     mut reloader: Reloader,
+    mut gateways: GatewayListeners,
     requests: Arc<Notify>,
     admin: Arc<AdminState>,
     mut shutdown: watch::Receiver<bool>,
@@ -274,7 +301,10 @@ async fn reload_task(
         }
         tokio::time::sleep(DEBOUNCE).await;
         match reloader.reload().await {
-            Outcome::Applied { .. } => admin.ready.store(true, Ordering::Release),
+            Outcome::Applied { .. } => {
+                gateways.reconcile(&gateway_ports(&admin.snapshot.load()));
+                admin.ready.store(true, Ordering::Release)
+            }
             Outcome::Unchanged => {}
             Outcome::Rejected { problems } => {
                 warn!(problems = problems.len(), "reload refused");

@@ -91,7 +91,8 @@ impl Reloader {
         let applying = Instant::now();
         Upstreams::warm(&clusters, WARM_TIMEOUT).await;
         let version = self.snapshot.load().version + 1;
-        let old = self.snapshot.swap(Arc::new(Snapshot { version, table: compiled.table, clusters, config }));
+        let gateways = compiled.gateways;
+        let old = self.snapshot.swap(Arc::new(Snapshot { version, table: compiled.table, gateways, clusters, config }));
         background::retire(old);
         let [load_time, compile_time, reconcile_time] = times;
         let apply_time = reconcile_time + applying.elapsed();

@@ -583,6 +583,7 @@ pub fn options(config: &Path) -> Options {
         watch: true,
         workers: 1,
         tcp: Vec::new(),
+        gateway_bind: std::net::Ipv4Addr::LOCALHOST.into(),
     }
 }
 
