@@ -49,6 +49,7 @@ pub async fn run(config: PathBuf, namespace: String) -> ExitCode {
         workers: 1,
         tcp: Vec::new(),
         gateway_bind: std::net::Ipv4Addr::LOCALHOST.into(),
+        credentials_dir: None,
     };
     let server = match RunningServer::start(options).await {
         Ok(server) => server,

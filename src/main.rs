@@ -59,6 +59,10 @@ struct RunArgs {
     /// Address the ports of Gateway resources listen on.
     #[arg(long, env = "MESHD_GATEWAY_BIND_ADDRESS", default_value = "0.0.0.0")]
     gateway_bind_address: std::net::IpAddr,
+    /// Directory of Gateway credentials: NAME/tls.crt, NAME/tls.key,
+    /// NAME/ca.crt for `credentialName: NAME`.
+    #[arg(long, env = "MESHD_CREDENTIALS_DIR")]
+    credentials_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -178,6 +182,7 @@ async fn run(args: RunArgs, workers: usize) -> ExitCode {
         listen,
         tcp,
         gateway_bind: args.gateway_bind_address,
+        credentials_dir: args.credentials_dir,
         admin: args.admin,
         namespace: namespace(&args.common.namespace),
         drain_timeout: args.drain_timeout,

@@ -8,17 +8,23 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwapOption;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, warn};
 
 use super::body::ProxyBody;
 use super::detect::{detect, Protocol};
 use super::service::{handle, Downstream};
 use super::Proxy;
+
+/// How long a client has to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The boxed future of one request (see [`serve`]).
 type RequestFuture = Pin<Box<dyn Future<Output = Result<http::Response<ProxyBody>, std::convert::Infallible>> + Send>>;
@@ -30,14 +36,20 @@ type RequestFuture = Pin<Box<dyn Future<Output = Result<http::Response<ProxyBody
 /// task holds a clone of one sender; the drain is complete when the last
 /// is dropped (mini-redis's shutdown pattern).
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: watch::Receiver<bool>, drain_timeout: Duration) {
-    serve_on(listener, None, proxy, shutdown, drain_timeout).await
+    serve_on(listener, None, None, proxy, shutdown, drain_timeout).await
 }
 
+/// The TLS configuration of an `HTTPS` listener, replaced when its
+/// certificates or settings change (new connections take the new one).
+pub type TlsConfig = Arc<ArcSwapOption<ServerConfig>>;
+
 /// [`serve`] for the listener of a Gateway's port (`gateway`), which
-/// routes by that port's table.
+/// routes by that port's table, terminating TLS when `tls` is set (a
+/// connection accepted while it holds no configuration is closed).
 pub async fn serve_on(
     listener: TcpListener,
     gateway: Option<u16>,
+    tls: Option<TlsConfig>,
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
     drain_timeout: Duration,
@@ -63,7 +75,15 @@ pub async fn serve_on(
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "set_nodelay failed");
         }
-        let downstream = Downstream { peer, scheme: "http", gateway };
+        let config = match &tls {
+            None => None,
+            Some(tls) => match tls.load_full() {
+                Some(config) => Some(config),
+                None => continue,
+            },
+        };
+        let scheme = if config.is_some() { "https" } else { "http" };
+        let downstream = Downstream { peer, scheme, gateway };
         let proxy_for_conn = proxy.clone();
         // The request future is boxed: hyper keeps a slot of the service
         // future's size in every connection for its whole life, so an
@@ -78,7 +98,11 @@ pub async fn serve_on(
         let gauge = proxy.metrics.downstream_connections.clone();
         gauge.inc();
         tokio::spawn(async move {
-            if let Err(error) = servers.serve(stream, service, shutdown).await {
+            let served = match config {
+                None => servers.serve(stream, service, shutdown).await,
+                Some(config) => servers.serve_tls(stream, config, service, shutdown).await,
+            };
+            if let Err(error) = served {
                 debug!(%peer, %error, "downstream connection ended with an error");
             }
             gauge.dec();
@@ -126,20 +150,68 @@ impl Servers {
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), hyper::Error>
     where
-        S: hyper::service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<ProxyBody>>
-            + Send
-            + 'static,
+        S: HttpService,
         S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let detected = tokio::select! {
             detected = detect(&stream) => detected,
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
         };
         match detected {
-            Ok(Some(Protocol::Http1)) => {
-                let mut conn =
-                    std::pin::pin!(self.http1.serve_connection(TokioIo::new(stream), service).with_upgrades());
+            Ok(Some(protocol)) => self.serve_http(stream, protocol, service, shutdown).await,
+            Ok(None) => Ok(()),
+            Err(error) => {
+                debug!(%error, "reading the first bytes failed");
+                Ok(())
+            }
+        }
+    }
+
+    /// [`Self::serve`] behind a TLS handshake; ALPN chooses the protocol.
+    async fn serve_tls<S>(
+        &self,
+        stream: TcpStream,
+        config: Arc<ServerConfig>,
+        service: S,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), hyper::Error>
+    where
+        S: HttpService,
+        S::Future: Send + 'static,
+    {
+        let accept = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(stream));
+        let tls = tokio::select! {
+            accepted = accept => match accepted {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    debug!(%error, "TLS handshake failed");
+                    return Ok(());
+                }
+                Err(_) => return Ok(()),
+            },
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        };
+        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+        let protocol = if h2 { Protocol::Http2 } else { Protocol::Http1 };
+        self.serve_http(tls, protocol, service, shutdown).await
+    }
+
+    /// HTTP/1.1 or HTTP/2 on `io` until it closes or a drain ends it.
+    async fn serve_http<I, S>(
+        &self,
+        io: I,
+        protocol: Protocol,
+        service: S,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), hyper::Error>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: HttpService,
+        S::Future: Send + 'static,
+    {
+        match protocol {
+            Protocol::Http1 => {
+                let mut conn = std::pin::pin!(self.http1.serve_connection(TokioIo::new(io), service).with_upgrades());
                 tokio::select! {
                     ended = conn.as_mut() => return ended,
                     _ = shutdown.wait_for(|stop| *stop) => conn.as_mut().graceful_shutdown(),
@@ -148,19 +220,35 @@ impl Servers {
             }
             // Boxed: HTTP/2 connections are few next to HTTP/1 ones, and
             // inline its state would size every connection's task.
-            Ok(Some(Protocol::Http2)) => {
-                let mut conn = Box::pin(self.http2.serve_connection(TokioIo::new(stream), service));
+            Protocol::Http2 => {
+                let mut conn = Box::pin(self.http2.serve_connection(TokioIo::new(io), service));
                 tokio::select! {
                     ended = conn.as_mut() => return ended,
                     _ = shutdown.wait_for(|stop| *stop) => conn.as_mut().graceful_shutdown(),
                 }
                 conn.await
             }
-            Ok(None) => Ok(()),
-            Err(error) => {
-                debug!(%error, "reading the first bytes failed");
-                Ok(())
-            }
         }
     }
+}
+
+/// The service every connection runs: the request path.
+trait HttpService:
+    hyper::service::Service<
+        http::Request<hyper::body::Incoming>,
+        Response = http::Response<ProxyBody>,
+        Error = std::convert::Infallible,
+    > + Send
+    + 'static
+{
+}
+
+impl<S> HttpService for S where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<ProxyBody>,
+            Error = std::convert::Infallible,
+        > + Send
+        + 'static
+{
 }

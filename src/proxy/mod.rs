@@ -30,7 +30,8 @@
 //!   forwarded request; `mirror`: fire-and-forget copies to mirror clusters.
 //! - `tcp`: TCP listeners bound to a host, routed by its `tcp` routes and
 //!   relayed byte for byte; `upgrade`: HTTP/1.1 `Upgrade`s (WebSocket)
-//!   tunnelled after the 101.
+//!   tunnelled after the 101; `terminate`: TLS for Gateway `HTTPS`
+//!   servers (certificates by SNI).
 //! - `body`: the response body stream and the bookkeeping at its end;
 //!   `headers`, `path`: header and path handling; `listener`: accept loops.
 
@@ -53,6 +54,7 @@ mod overrides;
 mod path;
 pub mod service;
 pub mod tcp;
+pub mod terminate;
 mod upgrade;
 
 pub use flags::ResponseFlags;

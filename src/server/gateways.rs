@@ -13,11 +13,16 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::path::PathBuf;
+
+use arc_swap::ArcSwapOption;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
-use crate::proxy::{listener, Proxy};
+use crate::proxy::listener::TlsConfig;
+use crate::proxy::{listener, terminate, Proxy};
+use crate::routing::GatewayListener;
 
 /// The open Gateway listeners and what opening another needs.
 pub struct GatewayListeners {
@@ -27,12 +32,23 @@ pub struct GatewayListeners {
     /// The server's shutdown: every Gateway listener drains on it.
     shutdown: watch::Receiver<bool>,
     drain_timeout: Duration,
-    /// Port → the switch that drains that listener alone.
-    running: HashMap<u16, (SocketAddr, watch::Sender<bool>)>,
+    /// Where `credentialName`s are read (`--credentials-dir`).
+    credentials: Option<PathBuf>,
+    /// Port → the listener open on it.
+    running: HashMap<u16, Running>,
     /// Handed (upgraded) to each listener task; weak here, so that once
     /// the server drops its sender no new listener can start and the
     /// server's wait ends with the last task.
     open: mpsc::WeakSender<()>,
+}
+
+/// One open Gateway listener.
+struct Running {
+    addr: SocketAddr,
+    /// Drains this listener alone.
+    stop: watch::Sender<bool>,
+    /// `HTTPS`: the configuration new connections take; `None` in clear.
+    tls: Option<TlsConfig>,
 }
 
 // === impl GatewayListeners ===
@@ -40,33 +56,52 @@ pub struct GatewayListeners {
 impl GatewayListeners {
     pub fn new(
         bind: IpAddr,
+        credentials: Option<PathBuf>,
         proxy: Arc<Proxy>,
         shutdown: watch::Receiver<bool>,
         drain_timeout: Duration,
         open: mpsc::WeakSender<()>,
     ) -> Self {
-        GatewayListeners { bind, proxy, shutdown, drain_timeout, running: HashMap::new(), open }
+        GatewayListeners { bind, proxy, shutdown, drain_timeout, credentials, running: HashMap::new(), open }
     }
 
-    /// Opens a listener for each of `ports` not open yet and drains the
-    /// ones not among them.
-    pub fn reconcile(&mut self, ports: &[u16]) {
-        self.running.retain(|port, (addr, stop)| {
-            let keep = ports.contains(port);
+    /// Opens a listener for each Gateway port not open yet, drains the
+    /// ones no Gateway names any more (or whose protocol changed), and
+    /// rebuilds every `HTTPS` port's TLS configuration from its files, so
+    /// a reload (SIGHUP included) picks up rotated certificates; open
+    /// connections keep theirs.
+    pub fn reconcile(&mut self, wanted: &[GatewayListener]) {
+        self.running.retain(|port, running| {
+            let keep = wanted.iter().any(|g| g.port == *port && g.tls.is_empty() == running.tls.is_none());
             if !keep {
-                info!(%addr, "Gateway port removed; draining its listener");
-                stop.send_replace(true);
+                info!(addr = %running.addr, "Gateway port removed or changed; draining its listener");
+                running.stop.send_replace(true);
             }
             keep
         });
-        for &port in ports {
-            if !self.running.contains_key(&port) {
-                self.open(port);
+        for gateway in wanted {
+            let tls = match gateway.tls.as_slice() {
+                [] => None,
+                servers => match terminate::server_config(servers, self.credentials.as_deref()) {
+                    Ok(config) => Some(config),
+                    Err(error) => {
+                        error!(port = gateway.port, %error, "cannot build the Gateway port's TLS configuration");
+                        continue;
+                    }
+                },
+            };
+            match self.running.get(&gateway.port) {
+                Some(running) => {
+                    if let (Some(slot), Some(config)) = (&running.tls, tls) {
+                        slot.store(Some(config));
+                    }
+                }
+                None => self.open(gateway.port, tls.map(|c| Arc::new(ArcSwapOption::new(Some(c))))),
             }
         }
     }
 
-    fn open(&mut self, port: u16) {
+    fn open(&mut self, port: u16, tls: Option<TlsConfig>) {
         let Some(open) = self.open.upgrade() else { return };
         let addr = SocketAddr::new(self.bind, port);
         let listener = match bind(addr) {
@@ -79,13 +114,14 @@ impl GatewayListeners {
         let bound = listener.local_addr().unwrap_or(addr);
         let (stop, stopped) = watch::channel(false);
         let drain = either(self.shutdown.clone(), stopped);
-        let serve = listener::serve_on(listener, Some(port), self.proxy.clone(), drain, self.drain_timeout);
+        let serve =
+            listener::serve_on(listener, Some(port), tls.clone(), self.proxy.clone(), drain, self.drain_timeout);
         tokio::spawn(async move {
             serve.await;
             drop(open);
         });
-        info!(addr = %bound, "Gateway listener open");
-        self.running.insert(port, (bound, stop));
+        info!(addr = %bound, https = tls.is_some(), "Gateway listener open");
+        self.running.insert(port, Running { addr: bound, stop, tls });
     }
 }
 

@@ -56,6 +56,9 @@ pub struct Options {
     pub tcp: Vec<TcpListen>,
     /// Where the ports Gateways name are opened (`--gateway-bind-address`).
     pub gateway_bind: std::net::IpAddr,
+    /// Where a Gateway's `credentialName` is read (`NAME/tls.crt`,
+    /// `tls.key`, `ca.crt`; `--credentials-dir`).
+    pub credentials_dir: Option<PathBuf>,
 }
 
 /// A TCP listener bound to one host (`--listen tcp://ADDR=HOST`).
@@ -213,12 +216,13 @@ impl RunningServer {
         let (gateways_open, gateways_closed) = mpsc::channel(1);
         let mut gateways = GatewayListeners::new(
             options.gateway_bind,
+            options.credentials_dir.clone(),
             proxy.clone(),
             shutdown_rx.clone(),
             options.drain_timeout,
             gateways_open.downgrade(),
         );
-        gateways.reconcile(&gateway_ports(&proxy.snapshot.load()));
+        gateways.reconcile(&proxy.snapshot.load().gateways);
         let reload = Arc::new(Notify::new());
         background.spawn(reload_task(reloader, gateways, reload.clone(), admin.clone(), stop_rx));
         let watcher = if options.watch {
@@ -281,11 +285,6 @@ impl RunningServer {
     }
 }
 
-/// The ports the snapshot's Gateways listen on.
-fn gateway_ports(snapshot: &Snapshot) -> Vec<u16> {
-    snapshot.gateways.iter().map(|g| g.port).collect()
-}
-
 /// Runs reloads one at a time as requests arrive, debounced.
 async fn reload_task(
     mut reloader: Reloader,
@@ -302,10 +301,11 @@ async fn reload_task(
         tokio::time::sleep(DEBOUNCE).await;
         match reloader.reload().await {
             Outcome::Applied { .. } => {
-                gateways.reconcile(&gateway_ports(&admin.snapshot.load()));
+                gateways.reconcile(&admin.snapshot.load().gateways);
                 admin.ready.store(true, Ordering::Release)
             }
-            Outcome::Unchanged => {}
+            // Same configuration: certificates may still have been rotated.
+            Outcome::Unchanged => gateways.reconcile(&admin.snapshot.load().gateways),
             Outcome::Rejected { problems } => {
                 warn!(problems = problems.len(), "reload refused");
             }

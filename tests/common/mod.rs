@@ -7,6 +7,8 @@
 //! helpers are unused in some test binaries.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
@@ -584,6 +586,7 @@ pub fn options(config: &Path) -> Options {
         workers: 1,
         tcp: Vec::new(),
         gateway_bind: std::net::Ipv4Addr::LOCALHOST.into(),
+        credentials_dir: None,
     }
 }
 

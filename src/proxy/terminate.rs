@@ -1,0 +1,155 @@
+//! TLS termination for a Gateway port's `HTTPS` servers (issue 6): one
+//! rustls server configuration per port, choosing each handshake's
+//! certificate by SNI among the port's servers.
+//!
+//! - Certificates: `serverCertificate` and `privateKey` (PEM files), or
+//!   `credentialName` read from `--credentials-dir/NAME/` as a mounted
+//!   Kubernetes TLS secret lays it out (`tls.crt`, `tls.key`, `ca.crt`).
+//! - SNI: the server whose `hosts` name it (exact, then `*.suffix`, then
+//!   `*`); without SNI, or with a name no server has, the port's first
+//!   server answers.
+//! - `MUTUAL`: client certificates are required and verified against
+//!   `caCertificates` (or the credential's `ca.crt`); one port shares one
+//!   client verifier, the first `MUTUAL` server's.
+//! - `minProtocolVersion` / `maxProtocolVersion`: `TLSV1_2`, `TLSV1_3`.
+//! - ALPN: `h2` and `http/1.1`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
+
+use crate::config::host;
+use crate::routing::TlsServer;
+
+/// Why a port's TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TerminateError(String);
+
+/// Builds the server configuration for `servers` (the `HTTPS` servers of
+/// one port), reading `credentialName`s under `credentials`.
+pub fn server_config(servers: &[TlsServer], credentials: Option<&Path>) -> Result<Arc<ServerConfig>, TerminateError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut certs = Vec::with_capacity(servers.len());
+    for server in servers {
+        let files = Files::of(server, credentials)?;
+        certs.push((server.hosts.clone(), Arc::new(certified_key(&files, &provider)?)));
+    }
+    if certs.is_empty() {
+        return Err(TerminateError("no HTTPS server".into()));
+    }
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions(servers))
+        .map_err(|e| TerminateError(e.to_string()))?;
+    let mutual = servers.iter().find(|s| s.settings.mode.as_deref() == Some("MUTUAL"));
+    let builder = match mutual {
+        None => builder.with_no_client_auth(),
+        Some(server) => {
+            let files = Files::of(server, credentials)?;
+            let ca = files.ca.ok_or_else(|| TerminateError("MUTUAL needs caCertificates".into()))?;
+            let mut roots = RootCertStore::empty();
+            for cert in certificates(&ca)? {
+                roots.add(cert).map_err(|e| TerminateError(format!("{}: {e}", ca.display())))?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .build()
+                .map_err(|e| TerminateError(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(BySni { certs }));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Where one server's certificate, key and client CA are.
+struct Files {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: Option<PathBuf>,
+}
+
+impl Files {
+    fn of(server: &TlsServer, credentials: Option<&Path>) -> Result<Files, TerminateError> {
+        let s = &server.settings;
+        if let Some(name) = s.credential_name.as_deref().filter(|n| !n.is_empty()) {
+            let dir = credentials
+                .ok_or_else(|| TerminateError(format!("credentialName {name} needs --credentials-dir")))?
+                .join(name);
+            let ca = Some(dir.join("ca.crt")).filter(|p| p.exists());
+            return Ok(Files { cert: dir.join("tls.crt"), key: dir.join("tls.key"), ca });
+        }
+        match (&s.server_certificate, &s.private_key) {
+            (Some(cert), Some(key)) => Ok(Files {
+                cert: cert.into(),
+                key: key.into(),
+                ca: s.ca_certificates.as_deref().filter(|c| !c.is_empty()).map(PathBuf::from),
+            }),
+            _ => {
+                Err(TerminateError("an HTTPS server needs serverCertificate and privateKey, or credentialName".into()))
+            }
+        }
+    }
+}
+
+fn certified_key(files: &Files, provider: &CryptoProvider) -> Result<CertifiedKey, TerminateError> {
+    let chain = certificates(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| TerminateError(format!("{}: {e}", files.key.display())))?;
+    CertifiedKey::from_der(chain, key, provider).map_err(|e| TerminateError(format!("{}: {e}", files.cert.display())))
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TerminateError> {
+    let certs: Result<Vec<_>, _> =
+        CertificateDer::pem_file_iter(path).map_err(|e| TerminateError(format!("{}: {e}", path.display())))?.collect();
+    let certs = certs.map_err(|e| TerminateError(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(TerminateError(format!("{}: no certificate", path.display())));
+    }
+    Ok(certs)
+}
+
+/// The protocol versions every server of the port allows.
+fn versions(servers: &[TlsServer]) -> Vec<&'static SupportedProtocolVersion> {
+    let rank = |v: Option<&str>, default: u8| match v {
+        Some("TLSV1_3") => 3,
+        Some("TLSV1_2") => 2,
+        Some("TLSV1_0") | Some("TLSV1_1") => 2,
+        _ => default,
+    };
+    let min = servers.iter().map(|s| rank(s.settings.min_protocol_version.as_deref(), 2)).max().unwrap_or(2);
+    let max = servers.iter().map(|s| rank(s.settings.max_protocol_version.as_deref(), 3)).min().unwrap_or(3).max(min);
+    let mut out = Vec::new();
+    if min <= 3 && max >= 3 {
+        out.push(&rustls::version::TLS13);
+    }
+    if min <= 2 {
+        out.push(&rustls::version::TLS12);
+    }
+    out
+}
+
+/// Chooses the certificate by SNI among the port's servers.
+#[derive(Debug)]
+struct BySni {
+    /// Each server's hosts and certificate, in configuration order.
+    certs: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+}
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let first = self.certs.first().map(|(_, key)| key.clone());
+        let Some(name) = hello.server_name().map(str::to_ascii_lowercase) else { return first };
+        let exact = self.certs.iter().find(|(hosts, _)| hosts.iter().any(|h| h.eq_ignore_ascii_case(&name)));
+        let wildcard =
+            || self.certs.iter().find(|(hosts, _)| hosts.iter().any(|h| h.starts_with("*.") && host::covers(h, &name)));
+        let any = || self.certs.iter().find(|(hosts, _)| hosts.iter().any(|h| h == "*"));
+        exact.or_else(wildcard).or_else(any).map(|(_, key)| key.clone()).or(first)
+    }
+}
