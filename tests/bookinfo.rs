@@ -99,3 +99,28 @@ async fn ratings_abort_500_for_jason() {
     let labels = [("destination_service_name", "ratings"), ("response_code", "500"), ("response_flags", "FI")];
     mesh.wait_requests(&labels, 21.0).await;
 }
+
+/// `bookinfo-gateway.yaml`: the Gateway's HTTP port (moved from 8080 to a
+/// free port for the test) routes `/productpage` and the other listed
+/// paths to the productpage service, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookinfo_gateway_routes_productpage_on_the_gateway_port() {
+    let Some(gateway) = corpus("bookinfo-gateway.yaml") else { return };
+    let port = closed_port();
+    let gateway = gateway.replace("number: 8080", &format!("number: {port}"));
+    let productpage = ep(echo("productpage-v1").await, &[("app", "productpage"), ("version", "v1")]);
+    let yaml = service_entry("productpage", NS, &["productpage"], 9080, &[productpage]) + &format!("---\n{gateway}\n");
+    let _mesh = Mesh::with(&yaml).await;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let client = client();
+    let resp = common::wait_for("the bookinfo gateway port", Duration::from_secs(5), || {
+        let client = client.clone();
+        async move { try_send(&client, get("bookinfo.example.com", "/productpage").build(addr, empty())).await }
+    })
+    .await;
+    assert_eq!((resp.status, resp.echo_name().as_deref()), (StatusCode::OK, Some("productpage-v1")));
+    let api = send(&client, get("1.2.3.4", "/api/v1/products/0").build(addr, empty())).await;
+    assert_eq!(api.echo_name().as_deref(), Some("productpage-v1"), "any host: the VirtualService's hosts are *");
+    let other = send(&client, get("bookinfo.example.com", "/admin").build(addr, empty())).await;
+    assert_eq!(other.status, StatusCode::NOT_FOUND);
+}
