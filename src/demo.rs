@@ -50,6 +50,7 @@ pub async fn run(config: PathBuf, namespace: String) -> ExitCode {
         tcp: Vec::new(),
         gateway_bind: std::net::Ipv4Addr::LOCALHOST.into(),
         credentials_dir: None,
+        mesh_cert_dir: None,
     };
     let server = match RunningServer::start(options).await {
         Ok(server) => server,

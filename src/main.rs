@@ -63,6 +63,10 @@ struct RunArgs {
     /// NAME/ca.crt for `credentialName: NAME`.
     #[arg(long, env = "MESHD_CREDENTIALS_DIR")]
     credentials_dir: Option<PathBuf>,
+    /// Directory of the workload's mesh certificates for ISTIO_MUTUAL
+    /// (cert-chain.pem, key.pem, root-cert.pem, as Istio mounts them).
+    #[arg(long, env = "MESHD_MESH_CERT_DIR")]
+    mesh_cert_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -183,6 +187,7 @@ async fn run(args: RunArgs, workers: usize) -> ExitCode {
         tcp,
         gateway_bind: args.gateway_bind_address,
         credentials_dir: args.credentials_dir,
+        mesh_cert_dir: args.mesh_cert_dir,
         admin: args.admin,
         namespace: namespace(&args.common.namespace),
         drain_timeout: args.drain_timeout,

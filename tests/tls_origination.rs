@@ -131,3 +131,36 @@ async fn mutual_tls_presents_the_client_certificate() {
     let resp = mesh_with_tls(upstream, &simple).await.get("backend.example", "/").await;
     assert_eq!(resp.status, StatusCode::SERVICE_UNAVAILABLE, "no client certificate: {}", resp.text());
 }
+
+/// Scenario: `ISTIO_MUTUAL` uses the mesh certificates from
+/// `--mesh-cert-dir` (`cert-chain.pem`, `key.pem`, `root-cert.pem`): the
+/// upstream requiring a client certificate from the mesh CA serves, and
+/// its certificate is checked against the mesh root but not by name (mesh
+/// certificates name identities, not hosts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_mutual_uses_the_mesh_certificates() {
+    let pki = Pki::new();
+    let (cert, key) = pki.leaf("backend", &["workload.identity.example"]);
+    let ca = pki.path("ca.pem");
+    let upstream = https_upstream(&cert, &key, Some(&ca)).await;
+    let (client_cert, client_key) = pki.leaf("client", &["client.identity.example"]);
+    let mesh_dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&client_cert, mesh_dir.path().join("cert-chain.pem")).unwrap();
+    std::fs::copy(&client_key, mesh_dir.path().join("key.pem")).unwrap();
+    std::fs::copy(&ca, mesh_dir.path().join("root-cert.pem")).unwrap();
+
+    let se = simple_service("backend", "backend.example", upstream);
+    let dr = object(
+        "DestinationRule",
+        "backend",
+        NS,
+        "host: backend.example\ntrafficPolicy:\n  tls: {mode: ISTIO_MUTUAL}\n",
+    );
+    let config = ConfigDir::with(&(se + &dr));
+    let mut opts = options(config.path());
+    opts.mesh_cert_dir = Some(mesh_dir.path().to_path_buf());
+    let mesh = Mesh::start_with(config, opts).await;
+    mesh.wait_ready().await;
+    let resp = mesh.get("backend.example", "/").await;
+    assert_eq!((resp.status, resp.text().as_str()), (StatusCode::OK, "tls-ok"));
+}

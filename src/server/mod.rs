@@ -59,6 +59,8 @@ pub struct Options {
     /// Where a Gateway's `credentialName` is read (`NAME/tls.crt`,
     /// `tls.key`, `ca.crt`; `--credentials-dir`).
     pub credentials_dir: Option<PathBuf>,
+    /// The workload's mesh certificates for `ISTIO_MUTUAL` (`--mesh-cert-dir`).
+    pub mesh_cert_dir: Option<PathBuf>,
 }
 
 /// A TCP listener bound to one host (`--listen tcp://ADDR=HOST`).
@@ -153,8 +155,12 @@ impl RunningServer {
     /// anyway, not ready, waiting for a valid one.
     pub async fn start(options: Options) -> Result<Self, StartError> {
         let metrics = Metrics::new(SourceLabels::from_env(&options.namespace))?;
-        // Before the first compile: endpoints get one pool per worker.
+        // Before the first compile: endpoints get one pool per worker, and
+        // ISTIO_MUTUAL clusters find the mesh certificates.
         crate::upstream::shard::set_count(options.workers);
+        if let Some(dir) = &options.mesh_cert_dir {
+            crate::upstream::tls::set_mesh_cert_dir(dir.clone());
+        }
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
         let sources = Sources { paths: options.config.clone(), namespace: options.namespace.clone() };
         let mut reloader = Reloader::new(sources, snapshot.clone(), metrics.clone());

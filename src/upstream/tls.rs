@@ -9,16 +9,20 @@
 //!   name it, or with `subjectAltNames` one of those names instead.
 //! - `insecureSkipVerify: true`: the server's certificate is not checked
 //!   (the handshake signatures still are).
-//! - `DISABLE` or no mode: plain TCP. `ISTIO_MUTUAL` needs the mesh's
-//!   certificates (issue 6) and is refused at connect time until then.
+//! - `ISTIO_MUTUAL`: `MUTUAL` with the workload's mesh certificates from
+//!   `--mesh-cert-dir` (`cert-chain.pem`, `key.pem`, `root-cert.pem`, as
+//!   Istio mounts them); the server's chain must lead to `root-cert.pem`.
+//!   Its name is not checked: mesh certificates name SPIFFE identities,
+//!   not hosts, and meshd does not know the expected service accounts.
+//! - `DISABLE` or no mode: plain TCP.
 //!
 //! Files are read when the cluster is built or its policy changes. A
 //! configuration that cannot be built never falls back to plain text:
 //! every connect fails with the reason (`503 UF`).
 
 use std::fmt;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -31,6 +35,16 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::resources::{ClientTlsMode, ClientTlsSettings};
+
+/// `--mesh-cert-dir`: set once at start, like the worker count, and read
+/// when an `ISTIO_MUTUAL` cluster is built.
+static MESH_CERT_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Sets where `ISTIO_MUTUAL` finds the mesh certificates (the first call
+/// wins).
+pub fn set_mesh_cert_dir(dir: PathBuf) {
+    let _ = MESH_CERT_DIR.set(dir);
+}
 
 /// A cluster's TLS origination.
 pub struct UpstreamTls {
@@ -91,7 +105,7 @@ impl fmt::Debug for UpstreamTls {
 
 fn client_config(mode: ClientTlsMode, settings: &ClientTlsSettings) -> Result<ClientConfig, String> {
     if mode == ClientTlsMode::IstioMutual {
-        return Err("ISTIO_MUTUAL needs the mesh certificates, not supported yet".into());
+        return mesh_config();
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -111,6 +125,29 @@ fn client_config(mode: ClientTlsMode, settings: &ClientTlsSettings) -> Result<Cl
         }
         _ => builder.with_no_client_auth(),
     };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// `ISTIO_MUTUAL`: the mesh certificates, the chain checked against the
+/// mesh root.
+fn mesh_config() -> Result<ClientConfig, String> {
+    let dir = MESH_CERT_DIR.get().ok_or("ISTIO_MUTUAL needs --mesh-cert-dir")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(&dir.join("root-cert.pem"))? {
+        roots.add(cert).map_err(|e| format!("root-cert.pem: {e}"))?;
+    }
+    let chain = certificates(&dir.join("cert-chain.pem"))?;
+    let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).map_err(|e| format!("key.pem: {e}"))?;
+    let verifier = Arc::new(MeshVerifier { roots, provider: provider.clone() });
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -210,6 +247,51 @@ impl ServerCertVerifier for SanVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+/// The mesh's check: the chain leads to the mesh root; no name.
+#[derive(Debug)]
+struct MeshVerifier {
+    roots: RootCertStore,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for MeshVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        let algorithms = self.provider.signature_verification_algorithms.all;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, &self.roots, intermediates, now, algorithms)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 

@@ -587,6 +587,7 @@ pub fn options(config: &Path) -> Options {
         tcp: Vec::new(),
         gateway_bind: std::net::Ipv4Addr::LOCALHOST.into(),
         credentials_dir: None,
+        mesh_cert_dir: None,
     }
 }
 

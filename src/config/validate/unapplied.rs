@@ -83,10 +83,6 @@ pub(super) fn collect(config: &Config) -> Vec<Problem> {
 /// port-level entries.
 fn policy(policy: &Value, path: &str) -> Vec<String> {
     let mut fields = present(policy, NOT_APPLIED.policy_blocks, path);
-    // TLS origination is applied, except with the mesh's own certificates.
-    if policy["tls"]["mode"] == "ISTIO_MUTUAL" {
-        fields.push(super::join(path, "tls.mode ISTIO_MUTUAL"));
-    }
     fields.extend(present(&policy["loadBalancer"], NOT_APPLIED.load_balancer, &format!("{path}.loadBalancer")));
     let http = &policy["connectionPool"]["http"];
     fields.extend(present(http, NOT_APPLIED.connection_pool, &format!("{path}.connectionPool.http")));
@@ -164,10 +160,10 @@ mod tests {
 
     #[test]
     fn destination_rule_policies_beyond_simple_load_balancing() {
-        let spec = "host: a\ntrafficPolicy:\n  loadBalancer: {simple: RANDOM}\n  portLevelSettings:\n  - port: {number: 80}\n    tls: {mode: ISTIO_MUTUAL}\nsubsets:\n- name: v1\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, http: {h2UpgradePolicy: UPGRADE}}, loadBalancer: {consistentHash: {useSourceIp: true}, localityLbSetting: {enabled: false}}}";
+        let spec = "host: a\ntrafficPolicy:\n  loadBalancer: {simple: RANDOM}\n  tunnel: {targetHost: a, targetPort: 80}\n  portLevelSettings:\n  - port: {number: 80}\n    tls: {mode: SIMPLE}\nsubsets:\n- name: v1\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, http: {h2UpgradePolicy: UPGRADE}}, loadBalancer: {consistentHash: {useSourceIp: true}, localityLbSetting: {enabled: false}}}";
         assert_eq!(
             unapplied(&object("DestinationRule", "a", spec)),
-            ["DestinationRule default/a: spec: not applied yet: trafficPolicy.portLevelSettings.tls.mode ISTIO_MUTUAL, subsets.trafficPolicy.loadBalancer.localityLbSetting, subsets.trafficPolicy.connectionPool.http.h2UpgradePolicy"]
+            ["DestinationRule default/a: spec: not applied yet: trafficPolicy.tunnel, subsets.trafficPolicy.loadBalancer.localityLbSetting, subsets.trafficPolicy.connectionPool.http.h2UpgradePolicy"]
         );
         let applied = "host: a\ntrafficPolicy:\n  connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}\n  outlierDetection: {consecutive5xxErrors: 1}\n  loadBalancer: {consistentHash: {httpHeaderName: x}, warmupDurationSecs: 10s}";
         assert!(unapplied(&object("DestinationRule", "a", applied)).is_empty());
