@@ -11,13 +11,14 @@
 #   3. latency.sh                               row 3 (oha, fixed rate)
 #   4. footprint.sh                             rows 4-6
 #   5. h2.sh                                    row 7, h2c (h2load)
+#   6. TLS=1 CONNECTIONS=64 wrk.sh               row 7, HTTPS (TLS 1.3)
 # Each report goes to OUT_DIR/NAME.md and, concatenated under one header
 # (date, machine, commit, binary), to OUT_DIR/report.md, which is also
 # printed. Takes ~30 minutes on 2 CPUs.
 #
 # Parameters (environment): MESHD_BIN (else `cargo build --release` once,
 # and every script uses target/release/meshd); SKIP="latency h2" leaves
-# scripts out (names: wrk wrk2 latency footprint h2). Any other variable is
+# scripts out (names: wrk wrk2 latency footprint h2 https). Any other variable is
 # passed through to the scripts (REPEAT, DURATION, PIN, ...).
 #
 # Exit status: 0 when every script passed its own checks, 2 otherwise (the
@@ -46,6 +47,7 @@ runs=(
     "latency|benches/latency.sh"
     "footprint|benches/footprint.sh"
     "h2|benches/h2.sh"
+    "https|env TLS=1 CONNECTIONS=64 benches/wrk.sh"
 )
 
 status=0

@@ -180,6 +180,46 @@ write_configs() {
 
     mkdir -p "$tmp/meshd-config" "$tmp/nginx" "$tmp/haproxy"
 
+    # TLS=1: every proxy terminates TLS on its port with the same
+    # self-signed certificate (meshd through a Gateway HTTPS server on
+    # $MESHD_TLS_PORT), TLS 1.3 only; the upstreams stay plain.
+    scheme=http
+    if [[ ${TLS:-0} == 1 ]]; then
+        scheme=https
+        mkdir -p "$tmp/tls"
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+            -keyout "$tmp/tls/key.pem" -out "$tmp/tls/cert.pem" -subj "/CN=$HOST_HEADER" \
+            -addext "subjectAltName=DNS:$HOST_HEADER" 2>/dev/null || die "openssl could not make a certificate"
+        cat "$tmp/tls/cert.pem" "$tmp/tls/key.pem" >"$tmp/tls/combined.pem"
+        cat >"$tmp/meshd-config/gateway.yaml" <<EOF
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: bench}
+spec:
+  servers:
+  - port: {number: $MESHD_TLS_PORT, name: https, protocol: HTTPS}
+    hosts: ["*"]
+    tls: {mode: SIMPLE, serverCertificate: $tmp/tls/cert.pem, privateKey: $tmp/tls/key.pem, minProtocolVersion: TLSV1_3}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: bench}
+spec:
+  hosts: [$HOST_HEADER]
+  gateways: [bench]
+  http:
+  - route: [{destination: {host: $HOST_HEADER}}]
+EOF
+    fi
+    nginx_tls="" haproxy_tls=""
+    if [[ $scheme == https ]]; then
+        nginx_tls=" ssl;
+        ssl_certificate $tmp/tls/cert.pem;
+        ssl_certificate_key $tmp/tls/key.pem;
+        ssl_protocols TLSv1.3"
+        haproxy_tls=" ssl crt $tmp/tls/combined.pem ssl-min-ver TLSv1.3"
+    fi
+
     cat >"$tmp/meshd-config/echo.yaml" <<EOF
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -222,11 +262,11 @@ http {
         keepalive_requests 1000000;
     }
     server {
-        listen 127.0.0.1:$NGINX_PORT default_server;
+        listen 127.0.0.1:$NGINX_PORT default_server$nginx_tls;
         return 404;
     }
     server {
-        listen 127.0.0.1:$NGINX_PORT;
+        listen 127.0.0.1:$NGINX_PORT$nginx_tls;
         server_name $HOST_HEADER;
         location / {
             proxy_pass http://echo_up;
@@ -255,9 +295,9 @@ defaults
     timeout server 30s
     timeout http-keep-alive 30s
 frontend fe
-    bind 127.0.0.1:$HAPROXY_PORT
+    bind 127.0.0.1:$HAPROXY_PORT$haproxy_tls
     option forwardfor
-    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Proto $scheme
     http-request set-header X-Request-ID %[uuid()]
     use_backend echo if { hdr(host) -i $HOST_HEADER }
 backend echo

@@ -36,6 +36,9 @@
 #   INSTRUCTIONS=1     also count user-space instructions per request with
 #                      `perf stat -e instructions:u` in one extra run per
 #                      proxy, where the machine exposes the counter
+#   TLS=0              1: the proxies terminate TLS 1.3 (keep-alive) with one
+#                      self-signed certificate (meshd on a Gateway HTTPS
+#                      port); the direct row and the upstreams stay plain
 #
 # Exit status: 0 when every target answered 200 and wrk saw no errors, 2 when
 # a target was skipped or a run had errors (the table is printed anyway).
@@ -65,6 +68,8 @@ ECHO1_PORT=$PORT_BASE
 ECHO2_PORT=$((PORT_BASE + 1))
 MESHD_PORT=$((PORT_BASE + 10))
 MESHD_ADMIN_PORT=$((PORT_BASE + 11))
+MESHD_TLS_PORT=$((PORT_BASE + 12))
+TLS=${TLS:-0}
 NGINX_PORT=$((PORT_BASE + 20))
 HAPROXY_PORT=$((PORT_BASE + 30))
 
@@ -82,6 +87,7 @@ command -v wrk >/dev/null || need_pkgs+=(wrk)
 command -v nginx >/dev/null || need_pkgs+=(nginx)
 command -v haproxy >/dev/null || need_pkgs+=(haproxy)
 command -v curl >/dev/null || need_pkgs+=(curl)
+if [[ $TLS == 1 ]] && ! command -v openssl >/dev/null; then need_pkgs+=(openssl); fi
 if [[ $SYSCALLS == 1 ]] && ! command -v strace >/dev/null; then need_pkgs+=(strace); fi
 install_pkgs "${need_pkgs[@]}"
 
@@ -130,24 +136,29 @@ for proxy in $PROXIES; do
     direct) ;;
     meshd)
         start meshd "${pin_proxy[@]}" "$meshd" run --config "$tmp/meshd-config" \
-            --listen "127.0.0.1:$MESHD_PORT" --admin "127.0.0.1:$MESHD_ADMIN_PORT" --workers "$WORKERS" --log warn
+            --listen "127.0.0.1:$MESHD_PORT" --admin "127.0.0.1:$MESHD_ADMIN_PORT" --workers "$WORKERS" --log warn \
+            --gateway-bind-address 127.0.0.1
         pids[meshd]=$last_pid
         wait_http meshd "$last_pid" "http://127.0.0.1:$MESHD_ADMIN_PORT/ready" -f
         url[meshd]="http://127.0.0.1:$MESHD_PORT/"
+        if [[ $TLS == 1 ]]; then
+            url[meshd]="https://127.0.0.1:$MESHD_TLS_PORT/"
+            wait_http meshd "$last_pid" "${url[meshd]}" -k
+        fi
         ;;
     nginx)
         start nginx "${pin_proxy[@]}" nginx -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log"
         nginx_pid=$last_pid
-        wait_http nginx "$nginx_pid" "http://127.0.0.1:$NGINX_PORT/"
+        url[nginx]="$scheme://127.0.0.1:$NGINX_PORT/"
+        wait_http nginx "$nginx_pid" "${url[nginx]}" -k
         # master + worker(s); the master is idle but counted all the same
         pids[nginx]="$nginx_pid $(children "$nginx_pid" | tr '\n' ' ')"
-        url[nginx]="http://127.0.0.1:$NGINX_PORT/"
         ;;
     haproxy)
         start haproxy "${pin_proxy[@]}" haproxy -db -f "$tmp/haproxy/haproxy.cfg"
         pids[haproxy]=$last_pid
-        wait_http haproxy "$last_pid" "http://127.0.0.1:$HAPROXY_PORT/"
-        url[haproxy]="http://127.0.0.1:$HAPROXY_PORT/"
+        url[haproxy]="$scheme://127.0.0.1:$HAPROXY_PORT/"
+        wait_http haproxy "$last_pid" "${url[haproxy]}" -k
         ;;
     *) die "unknown proxy '$proxy' in PROXIES" ;;
     esac
@@ -156,7 +167,7 @@ done
 # Every target must answer 200 with the Host header before it is measured.
 targets=()
 for proxy in $PROXIES; do
-    code=$(curl -s -o "$tmp/preflight-$proxy" -w '%{http_code}' -H "Host: $HOST_HEADER" "${url[$proxy]}" || true)
+    code=$(curl -sk -o "$tmp/preflight-$proxy" -w '%{http_code}' -H "Host: $HOST_HEADER" "${url[$proxy]}" || true)
     if [[ $code == 200 ]]; then
         targets+=("$proxy")
     else
@@ -286,12 +297,12 @@ fi
 cpu_model=$(awk -F: '/^model name/ { sub(/^ +/, "", $2); print $2; exit }' /proc/cpuinfo)
 ms() { awk -v u="$1" 'BEGIN { printf "%.3f ms", u / 1000 }'; }
 
-echo "## wrk benchmark: meshd vs nginx vs HAProxy"
+if [[ $TLS == 1 ]]; then echo "## wrk benchmark over HTTPS (TLS 1.3, keep-alive): meshd vs nginx vs HAProxy"; else echo "## wrk benchmark: meshd vs nginx vs HAProxy"; fi
 echo
 echo "- date: $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
 echo "- machine: $(nproc) CPUs, ${cpu_model:-unknown CPU}, Linux $(uname -r); $busy_before CPUs busy just before the run"
 echo "- $meshd_version ($meshd_source), $(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | head -1 | cut -d' ' -f1-3), $({ wrk --version 2>&1 || true; } | head -1 | cut -d' ' -f1-2)"
-echo "- parameters: WORKERS=$WORKERS DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=\"$CONNECTIONS\" THREADS=$THREADS REPEAT=$REPEAT PIN=$PIN$(
+echo "- parameters: TLS=$TLS WORKERS=$WORKERS DURATION=$DURATION WARMUP=$WARMUP CONNECTIONS=\"$CONNECTIONS\" THREADS=$THREADS REPEAT=$REPEAT PIN=$PIN$(
     if [[ $PIN == 1 ]]; then echo " (proxy on CPU $PROXY_CPUS, wrk and upstreams on CPU $LOAD_CPUS)"; fi)"
 echo "- each row is the median of $REPEAT runs by req/s; CPU µs/req is the proxy process's utime+stime over requests served"
 echo
