@@ -143,3 +143,59 @@ fn either(mut a: watch::Receiver<bool>, mut b: watch::Receiver<bool>) -> watch::
     });
     rx
 }
+
+/// How often the certificate files of `HTTPS` servers are looked at.
+pub const CERT_POLL: Duration = Duration::from_secs(2);
+
+/// Asks for a reload whenever a certificate, key or CA file a Gateway
+/// `HTTPS` server names changes (size, modification time, or the file a
+/// Kubernetes secret's symlink points to), so rotated certificates reach
+/// new connections without a SIGHUP. Ends with `stop`.
+pub async fn watch_certificates(
+    snapshot: Arc<arc_swap::ArcSwap<crate::snapshot::Snapshot>>,
+    credentials: Option<PathBuf>,
+    reload: Arc<tokio::sync::Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let current = || stamp(&certificate_files(&snapshot.load().gateways, credentials.as_deref()));
+    let mut last = current();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|stop| *stop) => return,
+            _ = tokio::time::sleep(CERT_POLL) => {}
+        }
+        let now = current();
+        if now != last {
+            info!("a Gateway certificate file changed; reloading");
+            reload.notify_one();
+        }
+        last = now;
+    }
+}
+
+/// The files the `HTTPS` servers of `gateways` read.
+fn certificate_files(gateways: &[GatewayListener], credentials: Option<&std::path::Path>) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for server in gateways.iter().flat_map(|g| &g.tls) {
+        let s = &server.settings;
+        if let (Some(name), Some(dir)) = (s.credential_name.as_deref(), credentials) {
+            files.extend(["tls.crt", "tls.key", "ca.crt"].map(|f| dir.join(name).join(f)));
+        }
+        files.extend(
+            [&s.server_certificate, &s.private_key, &s.ca_certificates].into_iter().flatten().map(PathBuf::from),
+        );
+    }
+    files
+}
+
+/// A fingerprint of the files' sizes and modification times (resolving
+/// symlinks, as `metadata` does).
+fn stamp(files: &[PathBuf]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in files {
+        let meta = std::fs::metadata(file).ok();
+        (file, meta.as_ref().map(|m| m.len()), meta.and_then(|m| m.modified().ok())).hash(&mut hasher);
+    }
+    hasher.finish()
+}

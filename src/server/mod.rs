@@ -230,6 +230,12 @@ impl RunningServer {
         );
         gateways.reconcile(&proxy.snapshot.load().gateways);
         let reload = Arc::new(Notify::new());
+        background.spawn(gateways::watch_certificates(
+            proxy.snapshot.clone(),
+            options.credentials_dir.clone(),
+            reload.clone(),
+            stop_rx.clone(),
+        ));
         background.spawn(reload_task(reloader, gateways, reload.clone(), admin.clone(), stop_rx));
         let watcher = if options.watch {
             let notify = reload.clone();
