@@ -12,6 +12,9 @@
 //!   `caCertificates` (or the credential's `ca.crt`); one port shares one
 //!   client verifier, the first `MUTUAL` server's.
 //! - `minProtocolVersion` / `maxProtocolVersion`: `TLSV1_2`, `TLSV1_3`.
+//! - `cipherSuites` (OpenSSL or IANA names) restrict the TLS 1.2 suites,
+//!   as Envoy's do; TLS 1.3 suites are not configurable. Names rustls has
+//!   no suite for are ignored (all of rustls' suites are AEAD with ECDHE).
 //! - ALPN: `h2` and `http/1.1`.
 
 use std::path::{Path, PathBuf};
@@ -35,7 +38,7 @@ pub struct TerminateError(String);
 /// Builds the server configuration for `servers` (the `HTTPS` servers of
 /// one port), reading `credentialName`s under `credentials`.
 pub fn server_config(servers: &[TlsServer], credentials: Option<&Path>) -> Result<Arc<ServerConfig>, TerminateError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(provider(servers));
     let mut certs = Vec::with_capacity(servers.len());
     for server in servers {
         let files = Files::of(server, credentials)?;
@@ -66,6 +69,37 @@ pub fn server_config(servers: &[TlsServer], credentials: Option<&Path>) -> Resul
     let mut config = builder.with_cert_resolver(Arc::new(BySni { certs }));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// rustls' ring provider, its TLS 1.2 suites limited to the `cipherSuites`
+/// the port's servers list (all of them when none lists any).
+fn provider(servers: &[TlsServer]) -> CryptoProvider {
+    let mut provider = rustls::crypto::ring::default_provider();
+    let wanted: Vec<String> = servers.iter().flat_map(|s| &s.settings.cipher_suites).map(|n| iana_name(n)).collect();
+    if !wanted.is_empty() {
+        provider.cipher_suites.retain(|suite| {
+            suite.version() == &rustls::version::TLS13 || wanted.contains(&format!("{:?}", suite.suite()))
+        });
+    }
+    provider
+}
+
+/// The IANA name (as rustls prints it) of an OpenSSL cipher name; IANA
+/// names pass through.
+fn iana_name(name: &str) -> String {
+    let name = name.trim();
+    if name.starts_with("TLS_") {
+        return name.to_owned();
+    }
+    let Some(rest) = name.strip_prefix("ECDHE-") else { return name.to_owned() };
+    let (auth, cipher) = rest.split_once('-').unwrap_or((rest, ""));
+    let cipher = match cipher {
+        "AES128-GCM-SHA256" => "AES_128_GCM_SHA256",
+        "AES256-GCM-SHA384" => "AES_256_GCM_SHA384",
+        "CHACHA20-POLY1305" => "CHACHA20_POLY1305_SHA256",
+        other => other,
+    };
+    format!("TLS_ECDHE_{auth}_WITH_{cipher}")
 }
 
 /// Where one server's certificate, key and client CA are.
@@ -151,5 +185,26 @@ impl ResolvesServerCert for BySni {
             || self.certs.iter().find(|(hosts, _)| hosts.iter().any(|h| h.starts_with("*.") && host::covers(h, &name)));
         let any = || self.certs.iter().find(|(hosts, _)| hosts.iter().any(|h| h == "*"));
         exact.or_else(wildcard).or_else(any).map(|(_, key)| key.clone()).or(first)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::resources::ServerTlsSettings;
+
+    #[test]
+    fn cipher_suites_limit_tls12_only() {
+        assert_eq!(iana_name("ECDHE-ECDSA-AES128-GCM-SHA256"), "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256");
+        assert_eq!(iana_name("ECDHE-RSA-CHACHA20-POLY1305"), "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256");
+        let settings = ServerTlsSettings {
+            cipher_suites: vec!["ECDHE-RSA-AES256-GCM-SHA384".into(), "AES128-SHA".into()],
+            ..ServerTlsSettings::default()
+        };
+        let provider = provider(&[TlsServer { hosts: vec!["*".into()], settings }]);
+        let names: Vec<String> = provider.cipher_suites.iter().map(|s| format!("{:?}", s.suite())).collect();
+        assert!(names.contains(&"TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384".to_owned()), "{names:?}");
+        assert!(!names.contains(&"TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256".to_owned()), "{names:?}");
+        assert_eq!(names.iter().filter(|n| n.starts_with("TLS13_")).count(), 3, "TLS 1.3 suites stay: {names:?}");
     }
 }
