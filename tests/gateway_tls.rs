@@ -83,7 +83,7 @@ async fn sni_picks_the_certificate_and_rotation_reaches_new_connections() {
     let servers = format!(
         "- port: {{number: {port}, name: https-a, protocol: HTTPS}}\n  hosts: [a.example]\n  tls: {{mode: SIMPLE, serverCertificate: {a_cert}, privateKey: {a_key}}}\n- port: {{number: {port}, name: https-b, protocol: HTTPS}}\n  hosts: [b.example]\n  tls: {{mode: SIMPLE, credentialName: b-cred}}\n"
     );
-    let (mesh, seen) = https_gateway(&servers, Some(credentials.path())).await;
+    let (_mesh, seen) = https_gateway(&servers, Some(credentials.path())).await;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let client = pki.client(&[b"h2", b"http/1.1"]);
     let h1_client = pki.client(&[b"http/1.1"]);
