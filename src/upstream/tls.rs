@@ -140,7 +140,7 @@ fn mesh_config() -> Result<ClientConfig, String> {
     }
     let chain = certificates(&dir.join("cert-chain.pem"))?;
     let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).map_err(|e| format!("key.pem: {e}"))?;
-    let verifier = Arc::new(MeshVerifier { roots, provider: provider.clone() });
+    let verifier = Arc::new(NamelessVerifier { roots: Some(roots), provider: provider.clone() });
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -158,7 +158,7 @@ fn verifier(
     provider: &Arc<CryptoProvider>,
 ) -> Result<Arc<dyn ServerCertVerifier>, String> {
     if settings.insecure_skip_verify == Some(true) {
-        return Ok(Arc::new(SkipVerify(provider.clone())));
+        return Ok(Arc::new(NamelessVerifier { roots: None, provider: provider.clone() }));
     }
     let roots = match &settings.ca_certificates {
         Some(file) if !file.is_empty() => {
@@ -250,14 +250,18 @@ impl ServerCertVerifier for SanVerifier {
     }
 }
 
-/// The mesh's check: the chain leads to the mesh root; no name.
+/// A check of the server's certificate that ignores its names: with
+/// `roots`, the chain must lead to one of them (`ISTIO_MUTUAL`: mesh
+/// certificates name identities, not hosts); without, any certificate
+/// passes (`insecureSkipVerify`). The handshake's signatures are checked
+/// either way.
 #[derive(Debug)]
-struct MeshVerifier {
-    roots: RootCertStore,
+struct NamelessVerifier {
+    roots: Option<RootCertStore>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for MeshVerifier {
+impl ServerCertVerifier for NamelessVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -266,9 +270,11 @@ impl ServerCertVerifier for MeshVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        let algorithms = self.provider.signature_verification_algorithms.all;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, &self.roots, intermediates, now, algorithms)?;
+        if let Some(roots) = &self.roots {
+            let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+            let algorithms = self.provider.signature_verification_algorithms.all;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(&cert, roots, intermediates, now, algorithms)?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -292,44 +298,5 @@ impl ServerCertVerifier for MeshVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `insecureSkipVerify`: any certificate, signatures still checked.
-#[derive(Debug)]
-struct SkipVerify(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for SkipVerify {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
