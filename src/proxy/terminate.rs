@@ -140,13 +140,7 @@ fn certified_key(files: &Files, provider: &CryptoProvider) -> Result<CertifiedKe
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TerminateError> {
-    let certs: Result<Vec<_>, _> =
-        CertificateDer::pem_file_iter(path).map_err(|e| TerminateError(format!("{}: {e}", path.display())))?.collect();
-    let certs = certs.map_err(|e| TerminateError(format!("{}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(TerminateError(format!("{}: no certificate", path.display())));
-    }
-    Ok(certs)
+    crate::upstream::tls::certificates(path).map_err(TerminateError)
 }
 
 /// The protocol versions every server of the port allows.

@@ -177,7 +177,8 @@ fn verifier(
     Ok(Arc::new(SanVerifier { inner: webpki, names }))
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The certificates of the PEM file `path` (at least one).
+pub(crate) fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs: Result<Vec<_>, _> =
         CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?.collect();
     let certs = certs.map_err(|e| format!("{}: {e}", path.display()))?;
