@@ -28,7 +28,7 @@ use super::actions::{mirror_shares, ActionError, DestinationHeaders, DirectRespo
 use super::compile::warn;
 use super::delegate;
 use super::retry::RoutePolicy;
-use super::services::{cluster_name, service_meta, Registry};
+use super::services::{cluster_name, service_meta, Registry, Service};
 use super::{Action, ClusterRef, Forward, RequestMatch, Route, WeightedDestination};
 
 /// What route compilation needs besides the VirtualService.
@@ -249,9 +249,8 @@ fn destinations(
             warnings.push(warn(vs, format!("spec.http[{i}].route[{j}]"), "no destination; ignored"));
             continue;
         };
-        // One destination takes everything; among several, a missing
-        // weight is 0 and zero weights are dropped.
-        let weight = if single { 100 } else { u32::try_from(d.weight.unwrap_or(0).max(0)).unwrap_or(u32::MAX) };
+        // Zero weights are dropped.
+        let weight = weight(single, d.weight);
         if weight == 0 {
             continue;
         }
@@ -283,13 +282,25 @@ fn destinations(
 
 /// The cluster a destination names, known or not.
 fn cluster_ref(ctx: &RouteContext<'_, '_>, vs: &Resource<VirtualService>, dest: &Destination) -> ClusterRef {
+    cluster_ref_with(ctx, vs, dest, |s| s.default_port(), ctx.listener_port)
+}
+
+/// [`cluster_ref`], with the port a destination without `port.number`
+/// takes: `service_port` of a registry service, else `unknown_port`.
+pub(super) fn cluster_ref_with(
+    ctx: &RouteContext<'_, '_>,
+    vs: &Resource<VirtualService>,
+    dest: &Destination,
+    service_port: fn(&Service<'_>) -> Option<u16>,
+    unknown_port: Option<u16>,
+) -> ClusterRef {
     let vs_ns = vs.meta.namespace.as_str();
     let fqdn = host::expand(&dest.host, vs_ns);
     let subset = dest.subset.as_deref().unwrap_or("");
     let explicit = dest.port.map(|p| p.number).filter(|n| *n != 0);
     match ctx.registry.service(&fqdn) {
         Some(service) => {
-            let port = explicit.or_else(|| service.default_port().map(u32::from));
+            let port = explicit.or_else(|| service_port(service).map(u32::from));
             let name = cluster_name(port, subset, &fqdn);
             match ctx.registry.cluster(&name) {
                 Some(id) => ClusterRef::Known(id),
@@ -297,11 +308,21 @@ fn cluster_ref(ctx: &RouteContext<'_, '_>, vs: &Resource<VirtualService>, dest: 
             }
         }
         None => {
-            let port = explicit.or(ctx.listener_port.map(u32::from));
+            let port = explicit.or(unknown_port.map(u32::from));
             let namespace = host::kube_service(&fqdn).map_or(vs_ns, |(_, ns)| ns);
             let service = Arc::new(service_meta(&fqdn, namespace));
             ClusterRef::Missing { name: cluster_name(port, subset, &fqdn).into(), service }
         }
+    }
+}
+
+/// A destination's weight (Istio, spec §1.6): one destination takes
+/// everything; among several, a missing weight is 0.
+pub(super) fn weight(single: bool, weight: Option<i64>) -> u32 {
+    if single {
+        100
+    } else {
+        u32::try_from(weight.unwrap_or(0).max(0)).unwrap_or(u32::MAX)
     }
 }
 

@@ -15,16 +15,15 @@
 //! its first port that is not HTTP.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use ipnet::IpNet;
 
 use crate::config::resources::{L4MatchAttributes, Resource, RouteDestination, VirtualService};
-use crate::config::{host, Problem};
+use crate::config::Problem;
 
 use super::compile::warn;
-use super::routes::{binds, RouteContext};
-use super::services::{cluster_name, service_meta, Registry, Service};
+use super::routes::{binds, cluster_ref_with, weight, RouteContext};
+use super::services::{cluster_name, Registry, Service};
 use super::{ClusterRef, Forward, WeightedDestination};
 
 /// One TCP route: its match blocks (ORed; none matches everything) and
@@ -141,27 +140,11 @@ fn destinations(
     let mut destinations = Vec::with_capacity(route.len());
     for d in route {
         let Some(dest) = &d.destination else { continue };
-        let weight = if single { 100 } else { u32::try_from(d.weight.unwrap_or(0).max(0)).unwrap_or(u32::MAX) };
+        let weight = weight(single, d.weight);
         if weight == 0 {
             continue;
         }
-        let fqdn = host::expand(&dest.host, &vs.meta.namespace);
-        let subset = dest.subset.as_deref().unwrap_or("");
-        let explicit = dest.port.map(|p| p.number).filter(|n| *n != 0);
-        let cluster = match ctx.registry.service(&fqdn) {
-            Some(service) => {
-                let name = cluster_name(explicit.or_else(|| tcp_port(service).map(u32::from)), subset, &fqdn);
-                match ctx.registry.cluster(&name) {
-                    Some(id) => ClusterRef::Known(id),
-                    None => ClusterRef::Missing { name: name.into(), service: service.meta.clone() },
-                }
-            }
-            None => {
-                let namespace = host::kube_service(&fqdn).map_or(vs.meta.namespace.as_str(), |(_, ns)| ns);
-                let service = Arc::new(service_meta(&fqdn, namespace));
-                ClusterRef::Missing { name: cluster_name(explicit, subset, &fqdn).into(), service }
-            }
-        };
+        let cluster = cluster_ref_with(ctx, vs, dest, tcp_port, None);
         destinations.push(WeightedDestination { weight, cluster, headers: None });
     }
     let total: u64 = destinations.iter().map(|d| u64::from(d.weight)).sum();
