@@ -20,6 +20,18 @@ pub fn expand(host: &str, namespace: &str) -> String {
 /// Whether `pattern` (a host, `*`, or a wildcard such as `*.foo.com` or
 /// `*foo.com`) covers `host`. `*.foo.com` covers `a.foo.com` and
 /// `a.b.foo.com` but not `foo.com`. Both sides must already be lower-case.
+/// `host:port` → (`host`, port); an IPv6 literal keeps its brackets, and
+/// a bare IPv6 address or a port that does not parse is all host.
+pub fn split_port(authority: &str) -> (&str, Option<u16>) {
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') || host.ends_with(']') => match port.parse() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (authority, None),
+        },
+        _ => (authority, None),
+    }
+}
+
 pub fn covers(pattern: &str, host: &str) -> bool {
     match pattern.strip_prefix('*') {
         Some(suffix) => {
@@ -134,6 +146,15 @@ mod tests {
         assert_eq!(expand("reviews.prod", "foo"), "reviews.prod");
         assert_eq!(expand("*", "foo"), "*");
         assert_eq!(expand("*.example.com", "foo"), "*.example.com");
+    }
+
+    #[test]
+    fn authority_ports() {
+        assert_eq!(split_port("a:8080"), ("a", Some(8080)));
+        assert_eq!(split_port("a"), ("a", None));
+        assert_eq!(split_port("[::1]:80"), ("[::1]", Some(80)));
+        assert_eq!(split_port("::1"), ("::1", None));
+        assert_eq!(split_port("a:x"), ("a:x", None));
     }
 
     #[test]

@@ -18,8 +18,9 @@ use super::hash_key::{self, RequestHash};
 use super::headers;
 use super::local::LocalReply;
 use super::{mirror, overrides, path, upgrade, Proxy, ResponseFlags};
+use crate::config::host;
 use crate::metrics::DestinationLabels;
-use crate::routing::actions::{CorsDecision, Mirror, Mutations};
+use crate::routing::actions::{sampled, CorsDecision, Mirror, Mutations, MILLION};
 use crate::routing::retry::RoutePolicy;
 use crate::routing::{Action, ClusterRef, Lookup, RequestView};
 use crate::snapshot::Snapshot;
@@ -74,7 +75,7 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
     drop(snapshot);
     let (mut flags, mut timeout_from) = (ResponseFlags::NONE, start);
     if let Some(fault) = mutations.as_deref().and_then(Mutations::fault) {
-        let injection = fault.sample(|| fastrand::u32(..1_000_000));
+        let injection = fault.sample(|| fastrand::u32(..MILLION));
         if let Some(delay) = injection.delay {
             // Boxed in a statement of its own: rare, and kept out of the
             // request future's common state.
@@ -142,13 +143,13 @@ fn route(snapshot: &Snapshot, downstream: &Downstream, req: &Request<Incoming>) 
         method: req.method(),
         scheme: downstream.scheme,
         authority,
-        port: authority_port(authority).unwrap_or(if downstream.scheme == "https" { 443 } else { 80 }),
+        port: host::split_port(authority).1.unwrap_or(if downstream.scheme == "https" { 443 } else { 80 }),
         path: req.uri().path(),
         query: req.uri().query(),
         headers: req.headers(),
     };
     let local = |reply: LocalReply| {
-        let host = host_only(authority);
+        let (host, _) = host::split_port(authority);
         Box::new((reply, DestinationLabels::for_service(host, host, "unknown")))
     };
     let table = match downstream.gateway {
@@ -197,10 +198,9 @@ fn route(snapshot: &Snapshot, downstream: &Downstream, req: &Request<Incoming>) 
 
 /// The live clusters of the mirrors this request is copied to.
 fn sample_mirrors(snapshot: &Snapshot, mirrors: &[Mirror]) -> Vec<Arc<Cluster>> {
-    let hit = |share: u32| share >= 1_000_000 || fastrand::u32(..1_000_000) < share;
     mirrors
         .iter()
-        .filter(|m| hit(m.share))
+        .filter(|m| sampled(m.share, || fastrand::u32(..MILLION)))
         .filter_map(|m| snapshot.clusters.get(m.cluster.0 as usize).cloned())
         .collect()
 }
@@ -262,39 +262,8 @@ fn authority<B>(req: &Request<B>) -> Option<&str> {
         .filter(|a| !a.is_empty())
 }
 
-/// The port in an authority, if any (`[::1]:80`, `host:8080`).
-fn authority_port(authority: &str) -> Option<u16> {
-    let (host, port) = authority.rsplit_once(':')?;
-    if host.contains(':') && !host.ends_with(']') {
-        return None; // a bare IPv6 address
-    }
-    port.parse().ok()
-}
-
-fn host_only(authority: &str) -> &str {
-    match authority_port(authority) {
-        Some(_) => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-        None => authority,
-    }
-}
-
 /// Bytes of the request line and headers, as HTTP/1.1 would send them.
 fn request_head_bytes<B>(req: &Request<B>) -> u64 {
     let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
     (req.method().as_str().len() + target + 11) as u64 + headers::block_bytes(req.headers())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn authority_ports() {
-        assert_eq!(authority_port("a:8080"), Some(8080));
-        assert_eq!(authority_port("a"), None);
-        assert_eq!(authority_port("[::1]:80"), Some(80));
-        assert_eq!(authority_port("::1"), None);
-        assert_eq!(host_only("a:8080"), "a");
-        assert_eq!(host_only("a"), "a");
-    }
 }

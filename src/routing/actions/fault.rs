@@ -13,8 +13,7 @@ use http::StatusCode;
 
 use crate::config::resources::{FaultAbort, FaultDelay, HttpFaultInjection, Percent, GRPC_STATUS_NAMES};
 
-/// Parts per million of 100 %.
-const MILLION: u32 = 1_000_000;
+use super::sampled;
 
 /// A compiled fault.
 #[derive(Debug, Clone, Default)]
@@ -52,12 +51,11 @@ impl Fault {
     }
 
     /// Samples the delay and the abort with `roll`, which returns a uniform
-    /// value in `0..1_000_000` each time it is called.
+    /// value in `0..MILLION` each time it is called.
     pub fn sample(&self, mut roll: impl FnMut() -> u32) -> Injection {
-        let mut hit = |share: u32| share >= MILLION || (share > 0 && roll() < share);
         Injection {
-            delay: self.delay.and_then(|(d, share)| hit(share).then_some(d)),
-            abort: self.abort.and_then(|(a, share)| hit(share).then_some(a)),
+            delay: self.delay.and_then(|(d, share)| sampled(share, &mut roll).then_some(d)),
+            abort: self.abort.and_then(|(a, share)| sampled(share, &mut roll).then_some(a)),
         }
     }
 }

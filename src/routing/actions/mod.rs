@@ -29,6 +29,15 @@ pub use rewrite::PathRewrite;
 use super::ClusterId;
 use crate::config::resources::{Headers, HttpDirectResponse, HttpRoute, Percent, StringMatch};
 
+/// A share of 100 % in parts per million (Istio's percentage resolution).
+pub const MILLION: u32 = 1_000_000;
+
+/// Whether a request falls in `share` (parts per million): always at 100 %,
+/// never at 0, else when `roll` (uniform in `0..MILLION`) is below it.
+pub fn sampled(share: u32, roll: impl FnOnce() -> u32) -> bool {
+    share >= MILLION || (share > 0 && roll() < share)
+}
+
 /// Direct-response bodies above this are refused (istiod's 1 MiB limit).
 pub const DIRECT_BODY_MAX: u64 = 1024 * 1024;
 
@@ -182,13 +191,13 @@ fn read_body_file(path: &Path) -> Result<Bytes, ActionError> {
 /// `mirrorPercent`, else 100 %), or each of `mirrors` with its
 /// `percentage` (else 100 %). A share of 0 never mirrors.
 pub fn mirror_shares(http: &HttpRoute) -> Vec<(&crate::config::resources::Destination, u32)> {
-    let ppm = |p: Option<&Percent>| p.map_or(1_000_000, |p| fault::ppm(p));
+    let ppm = |p: Option<&Percent>| p.map_or(MILLION, |p| fault::ppm(p));
     let mut out = Vec::new();
     if let Some(dest) = &http.mirror {
         let share = match (&http.mirror_percentage, http.mirror_percent) {
             (Some(p), _) => ppm(Some(p)),
             (None, Some(percent)) => percent.min(100) * 10_000,
-            (None, None) => 1_000_000,
+            (None, None) => MILLION,
         };
         out.push((dest, share));
     }

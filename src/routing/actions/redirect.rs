@@ -17,6 +17,7 @@ use std::fmt::Write;
 use http::StatusCode;
 
 use super::rewrite::PathRewrite;
+use crate::config::host;
 use crate::config::resources::{HttpRedirect, RedirectPortSelection, StringMatch};
 
 /// A compiled redirect.
@@ -90,7 +91,7 @@ impl Redirect {
     /// The `Location` for a request.
     pub fn location(&self, from: &RedirectFrom<'_>) -> String {
         let scheme = self.scheme.as_deref().unwrap_or(from.scheme);
-        let (request_host, request_port) = split_port(from.authority);
+        let (request_host, request_port) = host::split_port(from.authority);
         let host = self.authority.as_deref().unwrap_or(request_host);
         let port = match self.port {
             PortChoice::Explicit(p) => Some(p),
@@ -111,17 +112,6 @@ impl Redirect {
             out.push_str(query);
         }
         out
-    }
-}
-
-/// `host:port` → (`host`, port); an IPv6 literal keeps its brackets.
-fn split_port(authority: &str) -> (&str, Option<u16>) {
-    match authority.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') || host.ends_with(']') => match port.parse() {
-            Ok(port) => (host, Some(port)),
-            Err(_) => (authority, None),
-        },
-        _ => (authority, None),
     }
 }
 
