@@ -12,7 +12,8 @@ use http::HeaderName;
 
 use super::policy::ResolvedPolicy;
 use crate::config::resources::{
-    ConnectionPoolSettings, ConsistentHashLb, LoadBalancerSettings, OutlierDetection, SimpleLb, TcpKeepalive,
+    ConnectionPoolSettings, ConsistentHashLb, H2UpgradePolicy, HttpSettings, LoadBalancerSettings, OutlierDetection,
+    PortProtocol, SimpleLb, TcpKeepalive,
 };
 
 /// Envoy's "unlimited" threshold, which Istio emits for every unset limit.
@@ -80,6 +81,27 @@ pub struct PoolSettings {
     /// `tcp.tcpKeepalive`: `Some` enables `SO_KEEPALIVE`; unset fields
     /// keep the OS defaults. Durations are whole seconds, as Envoy sends.
     pub tcp_keepalive: Option<Keepalive>,
+    /// The HTTP version spoken upstream (set per service port: see
+    /// [`UpstreamProtocol::for_port`]).
+    pub protocol: UpstreamProtocol,
+    /// `http.maxConcurrentStreams`: streams one HTTP/2 connection carries
+    /// before the pool opens another (Envoy's default 2^31 − 1).
+    pub max_concurrent_streams: u32,
+    /// `http.http2KeepAlive`: PING `interval` and `timeout` on HTTP/2
+    /// connections (`None` without an interval).
+    pub http2_keepalive: Option<(Duration, Duration)>,
+}
+
+/// The HTTP version of upstream connections, as Istio sets a cluster's
+/// protocol options (spec §2.4: `h2UpgradePolicy`, `useClientProtocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// `http2_protocol_options`: HTTP/2 (h2c, or ALPN `h2` over TLS).
+    Http2,
+    /// `use_downstream_protocol_config`: whatever the client spoke.
+    Client,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,6 +276,50 @@ impl PoolSettings {
                 .filter(|d| !d.is_zero())
                 .map(|d| d.as_std()),
             tcp_keepalive: tcp.and_then(|t| t.tcp_keepalive.as_ref()).map(Keepalive::from_istio),
+            protocol: UpstreamProtocol::Http1,
+            max_concurrent_streams: http
+                .and_then(|h| h.max_concurrent_streams)
+                .filter(|n| *n > 0)
+                .map_or(DEFAULT_MAX_STREAMS, |n| u32::try_from(n).unwrap_or(DEFAULT_MAX_STREAMS)),
+            http2_keepalive: http.and_then(|h| h.http2_keep_alive.as_ref()).and_then(|k| {
+                let interval = k.interval.filter(|d| !d.is_zero())?.as_std();
+                let timeout = k.timeout.filter(|d| !d.is_zero()).map_or(Duration::from_secs(20), |d| d.as_std());
+                Some((interval, timeout))
+            }),
+        }
+    }
+}
+
+/// Envoy's default `max_concurrent_streams` (2^31 − 1).
+const DEFAULT_MAX_STREAMS: u32 = i32::MAX as u32;
+
+// === impl UpstreamProtocol ===
+
+impl UpstreamProtocol {
+    /// Istio's choice for a service port (`setUpstreamProtocol` in its
+    /// cluster builder): `HTTP2` and `GRPC` ports speak HTTP/2; an `HTTP`
+    /// port is upgraded with an explicit `h2UpgradePolicy: UPGRADE` (the
+    /// mesh default is `DO_NOT_UPGRADE`); `useClientProtocol`, and ports
+    /// whose protocol Istio sniffs, follow the client.
+    pub fn for_port(port: PortProtocol, http: Option<&HttpSettings>) -> Self {
+        let upgrade = http.and_then(|h| h.h2_upgrade_policy) == Some(H2UpgradePolicy::Upgrade);
+        let client = http.and_then(|h| h.use_client_protocol) == Some(true);
+        match port {
+            PortProtocol::Http2 | PortProtocol::Grpc => UpstreamProtocol::Http2,
+            PortProtocol::Http | PortProtocol::Unspecified if upgrade && !client => UpstreamProtocol::Http2,
+            PortProtocol::Unspecified => UpstreamProtocol::Client,
+            _ if client => UpstreamProtocol::Client,
+            _ => UpstreamProtocol::Http1,
+        }
+    }
+
+    /// Whether a request goes upstream over HTTP/2, given whether its
+    /// client spoke HTTP/2.
+    pub fn http2(self, client_http2: bool) -> bool {
+        match self {
+            UpstreamProtocol::Http1 => false,
+            UpstreamProtocol::Http2 => true,
+            UpstreamProtocol::Client => client_http2,
         }
     }
 }

@@ -36,7 +36,7 @@ mod testutil;
 
 pub use cluster_policy::{
     CircuitBreakers, ClusterPolicy, HashKey, HashPolicy, HashTableKind, Keepalive, LbPolicy, OutlierConfig,
-    PoolSettings, Warmup, UNLIMITED,
+    PoolSettings, UpstreamProtocol, Warmup, UNLIMITED,
 };
 pub use compile::compile;
 pub use gateways::{GatewayListener, TlsServer};

@@ -14,13 +14,15 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use crate::config::resources::{Labels, PortMap, Resolution, Resource, ServiceEntry, ServicePort, Subset};
+use crate::config::resources::{
+    Labels, PortMap, PortProtocol, Resolution, Resource, ServiceEntry, ServicePort, Subset,
+};
 use crate::config::{host, Config, Problem};
 
 use super::compile::{exported_to, precedence, warn};
 use super::dest_rule::{MergedRule, RuleIndex};
 use super::policy::{cluster_policy, resolve_policy};
-use super::{ClusterId, ClusterPolicy, ClusterSpec, DnsTarget, EndpointSpec, ServiceMeta};
+use super::{ClusterId, ClusterPolicy, ClusterSpec, DnsTarget, EndpointSpec, ServiceMeta, UpstreamProtocol};
 
 /// One registry service: a host of a ServiceEntry.
 #[derive(Debug)]
@@ -131,6 +133,7 @@ impl<'c> Registry<'c> {
                         host: &fqdn,
                         meta: &meta,
                         port: *number,
+                        protocol: port.protocol(),
                         target_port,
                         endpoints,
                         implicit: &implicit,
@@ -177,6 +180,8 @@ struct ClusterBuild<'a> {
     host: &'a Arc<str>,
     meta: &'a Arc<ServiceMeta>,
     port: u16,
+    /// The port's protocol: it chooses the upstream HTTP version.
+    protocol: PortProtocol,
     /// `targetPort`, else `port`: where the implicit DNS endpoint listens.
     target_port: u16,
     endpoints: &'a [Endpoint],
@@ -220,8 +225,10 @@ impl ClusterBuild<'_> {
             dns.push(DnsTarget { port: self.target_port, ..target.clone() });
         }
         let subset_name = subset.map_or("", |s| s.name.as_str());
-        let policy =
+        let mut policy =
             cluster_policy(resolve_policy(rule.policy, subset.and_then(|s| s.traffic_policy.as_deref()), self.port));
+        let http = policy.resolved.connection_pool.as_ref().and_then(|p| p.http.as_ref());
+        policy.pool.protocol = UpstreamProtocol::for_port(self.protocol, http);
         let policy = match shared.as_ref().filter(|s| ***s == policy) {
             Some(same) => same.clone(),
             None => shared.insert(Arc::new(policy)).clone(),
