@@ -1,4 +1,4 @@
-//! Opening an HTTP/1.1 connection to an endpoint.
+//! Opening an HTTP/1.1 or HTTP/2 connection to an endpoint.
 //!
 //! The socket gets `TCP_NODELAY` (a proxy writes whole messages) and, when
 //! the DestinationRule has a `tcp.tcpKeepalive` block, `SO_KEEPALIVE` with
@@ -9,15 +9,16 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use socket2::{SockRef, TcpKeepalive};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tracing::debug;
 
 use super::body::RequestBody;
 use super::tls::{TlsError, UpstreamTls};
-use crate::routing::Keepalive;
+use crate::routing::{Keepalive, PoolSettings};
 
 /// Why a connection could not be made. Both are Envoy's `UF`.
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +34,8 @@ pub enum ConnectError {
 }
 
 /// Connects to `addr` within `timeout`, sets the socket options, and
-/// spawns the connection's driver task. The task ends when the connection
-/// closes; the returned handle sees that as `is_closed()`.
+/// spawns the HTTP/1.1 connection's driver task. The task ends when the
+/// connection closes; the returned handle sees that as `is_closed()`.
 ///
 /// `guard` lives exactly as long as the connection: it moves into the
 /// driver task and is dropped when that task ends, or here if connecting
@@ -45,29 +46,60 @@ pub async fn connect<G>(
     keepalive: Option<&Keepalive>,
     tls: Option<&UpstreamTls>,
     guard: G,
-) -> Result<SendRequest<RequestBody>, ConnectError>
+) -> Result<http1::SendRequest<RequestBody>, ConnectError>
 where
     G: Send + 'static,
 {
+    let stream = tcp(addr, timeout, keepalive).await?;
+    match tls {
+        None => handshake(stream, addr, guard).await,
+        Some(tls) => handshake(secure(stream, tls, timeout, false).await?, addr, guard).await,
+    }
+}
+
+/// As [`connect`], for an HTTP/2 connection (h2c, or ALPN `h2` over TLS)
+/// with `settings`' keep-alive PINGs.
+pub async fn connect_http2<G>(
+    addr: SocketAddr,
+    timeout: Duration,
+    settings: &PoolSettings,
+    tls: Option<&UpstreamTls>,
+    guard: G,
+) -> Result<http2::SendRequest<RequestBody>, ConnectError>
+where
+    G: Send + 'static,
+{
+    let stream = tcp(addr, timeout, settings.tcp_keepalive.as_ref()).await?;
+    match tls {
+        None => handshake_http2(stream, addr, settings, guard).await,
+        Some(tls) => handshake_http2(secure(stream, tls, timeout, true).await?, addr, settings, guard).await,
+    }
+}
+
+/// A TCP connection to `addr` within `timeout`, with meshd's options.
+async fn tcp(addr: SocketAddr, timeout: Duration, keepalive: Option<&Keepalive>) -> Result<TcpStream, ConnectError> {
     let stream =
         tokio::time::timeout(timeout, TcpStream::connect(addr)).await.map_err(|_| ConnectError::Timeout(timeout))??;
     stream.set_nodelay(true)?;
     if let Some(keepalive) = keepalive {
         SockRef::from(&stream).set_tcp_keepalive(&tcp_keepalive(keepalive))?;
     }
-    match tls {
-        None => handshake(stream, addr, guard).await,
-        Some(tls) => {
-            // The TLS handshake gets the connect timeout as well.
-            let secured = tokio::time::timeout(timeout, tls.connect(stream));
-            let stream = secured.await.map_err(|_| ConnectError::Timeout(timeout))??;
-            handshake(stream, addr, guard).await
-        }
-    }
+    Ok(stream)
+}
+
+/// The TLS handshake, which gets the connect timeout as well.
+async fn secure(
+    stream: TcpStream,
+    tls: &UpstreamTls,
+    timeout: Duration,
+    http2: bool,
+) -> Result<TlsStream<TcpStream>, ConnectError> {
+    let secured = tokio::time::timeout(timeout, tls.connect(stream, http2));
+    Ok(secured.await.map_err(|_| ConnectError::Timeout(timeout))??)
 }
 
 /// HTTP/1.1 over `io`, its driver task spawned.
-async fn handshake<I, G>(io: I, addr: SocketAddr, guard: G) -> Result<SendRequest<RequestBody>, ConnectError>
+async fn handshake<I, G>(io: I, addr: SocketAddr, guard: G) -> Result<http1::SendRequest<RequestBody>, ConnectError>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     G: Send + 'static,
@@ -78,6 +110,32 @@ where
         // With upgrades: a 101 hands the socket to the request path's tunnel.
         if let Err(error) = conn.with_upgrades().await {
             debug!(%addr, %error, "upstream connection ended");
+        }
+    });
+    Ok(send)
+}
+
+/// HTTP/2 over `io`, its driver task spawned.
+async fn handshake_http2<I, G>(
+    io: I,
+    addr: SocketAddr,
+    settings: &PoolSettings,
+    guard: G,
+) -> Result<http2::SendRequest<RequestBody>, ConnectError>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    G: Send + 'static,
+{
+    let mut builder = http2::Builder::new(TokioExecutor::new());
+    builder.timer(TokioTimer::new());
+    if let Some((interval, timeout)) = settings.http2_keepalive {
+        builder.keep_alive_interval(interval).keep_alive_timeout(timeout).keep_alive_while_idle(true);
+    }
+    let (send, conn) = builder.handshake(TokioIo::new(io)).await.map_err(ConnectError::Handshake)?;
+    tokio::spawn(async move {
+        let _guard = guard;
+        if let Err(error) = conn.await {
+            debug!(%addr, %error, "upstream HTTP/2 connection ended");
         }
     });
     Ok(send)

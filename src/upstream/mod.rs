@@ -21,7 +21,9 @@
 //!   `max_pending_requests`, `max_requests`, `max_retries`) as RAII slots.
 //! - `pool`: per-endpoint HTTP/1.1 connection pools with Envoy's pending
 //!   queue, connection limits, idle timeout, maximum duration and requests
-//!   per connection; `connect`: TCP connect with timeout and keep-alive.
+//!   per connection, and (`pool::http2`) HTTP/2 pools multiplexing streams
+//!   up to `maxConcurrentStreams` per connection; `connect`: TCP (and TLS)
+//!   connect with timeout and keep-alive, and the HTTP handshakes.
 //! - [`outlier`]: Envoy's consecutive-error ejection; `sweep`: the task
 //!   that returns ejected endpoints every `interval`.
 //! - [`stats`]: router counters and the per-cluster sample behind the
@@ -53,7 +55,7 @@ pub use body::RequestBody;
 pub use cluster::{Cluster, ClusterState, Picked};
 pub use connect::ConnectError;
 pub use endpoint::{ActiveRequest, Endpoint, EndpointSet};
-pub use pool::{Checkout, ConnectionPool, PoolError, PooledConn};
+pub use pool::{Checkout, ConnectionPool, Http2Stream, Lease, PoolError, PooledConn};
 pub use resources::{ClusterResources, RequestSlot, ResourceStats, RetrySlot};
 
 use crate::metrics::{ClusterSample, ClusterStatsSource, Metrics};

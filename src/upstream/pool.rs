@@ -57,6 +57,10 @@ use super::resources::{ClusterResources, ConnectionSlot, PendingSlot};
 use super::tls::UpstreamTls;
 use crate::routing::PoolSettings;
 
+pub mod http2;
+
+pub use http2::{Http2Pool, Http2Stream};
+
 /// Idle connections kept per endpoint beyond which returned connections
 /// are closed: enough for bursts at high concurrency, bounded so a spike of
 /// thousands of concurrent requests does not pin as many sockets forever.
@@ -72,6 +76,8 @@ pub struct ConnectionPool {
     /// at the first checkout: most endpoints of a large mesh config are
     /// never called from one pod, and each worker has a pool per endpoint.
     state: OnceLock<Arc<Mutex<State>>>,
+    /// The endpoint's HTTP/2 connections, for clusters that speak it.
+    http2: Http2Pool,
 }
 
 struct State {
@@ -112,6 +118,13 @@ pub struct Checkout {
     /// Whether it served a request before (a failure on a reused connection
     /// before the request was written is safe to retry).
     pub reused: bool,
+}
+
+/// What one exchange holds upstream until its response ends: an HTTP/1.1
+/// connection, or a stream of an HTTP/2 one.
+pub enum Lease {
+    Http1(PooledConn),
+    Http2(Http2Stream),
 }
 
 /// One HTTP/1.1 connection, with what the pool needs to retire it.
@@ -163,7 +176,12 @@ enum Step {
 
 impl ConnectionPool {
     pub fn new(addr: SocketAddr) -> Self {
-        ConnectionPool { addr, state: OnceLock::new() }
+        ConnectionPool { addr, state: OnceLock::new(), http2: Http2Pool::default() }
+    }
+
+    /// The endpoint's HTTP/2 connections.
+    pub fn http2(&self) -> &Http2Pool {
+        &self.http2
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -224,6 +242,15 @@ impl ConnectionPool {
         }
     }
 
+    /// Ends an exchange's hold: a completed HTTP/1.1 exchange's connection
+    /// is checked in, anything else is dropped (an unfinished HTTP/1.1
+    /// connection closes; an HTTP/2 stream frees its place).
+    pub fn release(&self, lease: Lease, complete: bool) {
+        if let (true, Lease::Http1(conn)) = (complete, lease) {
+            self.checkin(conn);
+        }
+    }
+
     /// Returns a connection whose exchange completed: to the oldest waiter,
     /// else to the idle stack; closed instead when it is spent.
     pub fn checkin(&self, mut conn: PooledConn) {
@@ -246,16 +273,17 @@ impl ConnectionPool {
         if let Some(state) = self.state.get() {
             lock(state).idle.retain(|conn| conn.usable(now));
         }
+        self.http2.evict_idle(now);
     }
 
-    /// Number of idle connections.
+    /// Number of idle connections (HTTP/2 ones without streams included).
     pub fn idle_count(&self) -> usize {
-        self.state.get().map_or(0, |state| lock(state).idle.len())
+        self.state.get().map_or(0, |state| lock(state).idle.len()) + self.http2.idle_count()
     }
 
-    /// Number of connections open or being opened.
+    /// Number of connections open or being opened, of either version.
     pub fn open_count(&self) -> usize {
-        self.state.get().map_or(0, |state| lock(state).open)
+        self.state.get().map_or(0, |state| lock(state).open) + self.http2.open_count()
     }
 
     fn next_step(

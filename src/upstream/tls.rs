@@ -54,8 +54,15 @@ pub struct UpstreamTls {
     host: Arc<str>,
     /// SNI.
     server_name: ServerName<'static>,
-    /// The connector, or why there is none (every connect then fails).
-    connector: Result<TlsConnector, String>,
+    /// The connectors, offering ALPN `http/1.1` and `h2` respectively, or
+    /// why there are none (every connect then fails).
+    connector: Result<Connectors, String>,
+}
+
+/// One TLS configuration, with the ALPN of each upstream HTTP version.
+struct Connectors {
+    http1: TlsConnector,
+    http2: TlsConnector,
 }
 
 /// Why a TLS connection could not be made.
@@ -81,7 +88,12 @@ impl UpstreamTls {
         let sni = settings.sni.as_deref().filter(|s| !s.is_empty()).unwrap_or(host);
         let unspecified = ServerName::IpAddress(std::net::Ipv4Addr::UNSPECIFIED.into());
         let server_name = ServerName::try_from(sni.to_owned()).unwrap_or(unspecified);
-        let connector = client_config(mode, settings).map(|config| TlsConnector::from(Arc::new(config)));
+        let connector = client_config(mode, settings).map(|mut config| {
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            let http2 = TlsConnector::from(Arc::new(config.clone()));
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Connectors { http1: TlsConnector::from(Arc::new(config)), http2 }
+        });
         Some(Arc::new(UpstreamTls { settings: settings.clone(), host: host.clone(), server_name, connector }))
     }
 
@@ -90,9 +102,11 @@ impl UpstreamTls {
         settings == Some(&self.settings) && &*self.host == host
     }
 
-    /// The TLS handshake over a connected `stream`.
-    pub async fn connect(&self, stream: TcpStream) -> Result<TlsStream<TcpStream>, TlsError> {
-        let connector = self.connector.as_ref().map_err(|why| TlsError::Config(why.clone()))?;
+    /// The TLS handshake over a connected `stream`, offering ALPN `h2`
+    /// when `http2`, else `http/1.1`.
+    pub async fn connect(&self, stream: TcpStream, http2: bool) -> Result<TlsStream<TcpStream>, TlsError> {
+        let connectors = self.connector.as_ref().map_err(|why| TlsError::Config(why.clone()))?;
+        let connector = if http2 { &connectors.http2 } else { &connectors.http1 };
         connector.connect(self.server_name.clone(), stream).await.map_err(TlsError::Handshake)
     }
 }
@@ -113,7 +127,7 @@ fn client_config(mode: ClientTlsMode, settings: &ClientTlsSettings) -> Result<Cl
         .map_err(|e| e.to_string())?;
     let verifier = verifier(settings, &provider)?;
     let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
-    let mut config = match mode {
+    let config = match mode {
         ClientTlsMode::Mutual => {
             let (cert, key) = match (&settings.client_certificate, &settings.private_key) {
                 (Some(cert), Some(key)) => (cert, key),
@@ -125,7 +139,6 @@ fn client_config(mode: ClientTlsMode, settings: &ClientTlsSettings) -> Result<Cl
         }
         _ => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
@@ -141,14 +154,13 @@ fn mesh_config() -> Result<ClientConfig, String> {
     let chain = certificates(&dir.join("cert-chain.pem"))?;
     let key = PrivateKeyDer::from_pem_file(dir.join("key.pem")).map_err(|e| format!("key.pem: {e}"))?;
     let verifier = Arc::new(NamelessVerifier { roots: Some(roots), provider: provider.clone() });
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(chain, key)
         .map_err(|e| e.to_string())?;
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 
