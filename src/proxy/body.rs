@@ -20,7 +20,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::flags::ResponseFlags;
 use crate::metrics::RequestRecord;
-use crate::upstream::{ActiveRequest, PooledConn, RequestSlot};
+use crate::upstream::{ActiveRequest, Lease, RequestSlot};
 
 /// The downstream response body.
 pub enum ProxyBody {
@@ -45,10 +45,14 @@ pub enum BodyError {
 pub struct Completion {
     /// Keeps the endpoint's in-flight count until the body ends.
     pub active: ActiveRequest,
-    /// The upstream connection, returned to the pool on a clean end.
-    pub conn: Option<PooledConn>,
+    /// The upstream connection (returned to the pool on a clean end) or
+    /// HTTP/2 stream.
+    pub conn: Option<Lease>,
     pub start: Instant,
     pub status: u16,
+    /// For a gRPC request, its `grpc-status`: from the response headers,
+    /// then from the trailers as they pass. `None` for other requests.
+    pub grpc: Option<Option<u32>>,
     pub flags: ResponseFlags,
     pub request_bytes: RequestBytes,
     /// Response head bytes, then body bytes as they pass.
@@ -100,8 +104,12 @@ impl Body for ProxyBody {
                 }
                 match &polled {
                     Poll::Ready(Some(Ok(frame))) => {
-                        if let (Some(data), Some(done)) = (frame.data_ref(), done.as_mut()) {
-                            done.response_bytes += data.len() as u64;
+                        if let Some(done) = done.as_mut() {
+                            if let Some(data) = frame.data_ref() {
+                                done.response_bytes += data.len() as u64;
+                            } else if let (Some(trailers), Some(grpc)) = (frame.trailers_ref(), done.grpc.as_mut()) {
+                                *grpc = super::exchange::grpc_status(trailers).or(*grpc);
+                            }
                         }
                     }
                     Poll::Ready(None) => {
@@ -158,14 +166,15 @@ impl Drop for ProxyBody {
 impl Completion {
     fn finish(mut self, complete: bool) {
         let endpoint = self.active.endpoint();
-        if let (true, Some(conn)) = (complete, self.conn.take()) {
-            endpoint.pool().checkin(conn);
+        if let Some(conn) = self.conn.take() {
+            endpoint.pool().release(conn, complete);
         }
         let flags = self.flags.as_str();
         endpoint.metrics.record(
             &endpoint.registry,
             &RequestRecord {
                 status: self.status,
+                grpc: self.grpc,
                 flags: &flags,
                 duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
                 request_bytes: self.request_bytes.total(),

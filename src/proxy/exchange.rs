@@ -21,7 +21,9 @@
 //! Retry rules (spec §1.12): a retry needs the request again, either handed
 //! back unsent (connect failures; a reused connection found dead) or
 //! rebuilt from a replay copy, kept only when the policy can retry after
-//! sending and the body is at most [`REPLAY_LIMIT`] bytes; it needs a slot
+//! sending and the body is at most [`REPLAY_LIMIT`] bytes (a body of
+//! unannounced length, as gRPC sends, is copied while it streams and is
+//! replayable once it has ended); it needs a slot
 //! in the cluster's `max_retries` (else the failure is returned with `UO`).
 //! Retries exhausted on a retriable result return it with `URX`. The route
 //! timeout covers every attempt up to the response headers (504 `UT`) and
@@ -47,10 +49,11 @@ use super::local::LocalReply;
 use super::upgrade::{self, Upgrade};
 use crate::routing::actions::Mutations;
 use crate::routing::retry::{Failure, RetryPolicy, RoutePolicy};
+use crate::upstream::body::Tee;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::resources::{RequestSlot, RetrySlot};
 use crate::upstream::stats::RouterStats;
-use crate::upstream::{ActiveRequest, Cluster, Endpoint, PooledConn, RequestBody};
+use crate::upstream::{ActiveRequest, Cluster, Endpoint, Lease, RequestBody};
 
 /// Request bodies up to this size are kept for retries (Envoy's default
 /// connection buffer limit); larger or unannounced bodies are streamed and
@@ -70,8 +73,11 @@ pub struct Exchange {
     /// delay (the fault filter runs before the router).
     pub timeout_from: Instant,
     pub request_bytes: RequestBytes,
-    /// `content-type: application/grpc*` (gRPC retry conditions apply).
+    /// `content-type: application/grpc*` (gRPC retry conditions apply,
+    /// and metrics report `request_protocol="grpc"`).
     pub grpc: bool,
+    /// The client spoke HTTP/2 (`useClientProtocol` clusters follow it).
+    pub client_http2: bool,
     /// Flags set before the router ran (`DI`), added to the result's.
     pub flags: ResponseFlags,
     /// The rule's and destination's response header operations.
@@ -104,14 +110,23 @@ struct Replay {
     uri: Uri,
     version: Version,
     headers: HeaderMap,
-    body: Option<Bytes>,
+    body: ReplayBody,
+}
+
+/// The body of a [`Replay`].
+enum ReplayBody {
+    /// Read whole before the first attempt (`None`: no body).
+    Whole(Option<Bytes>),
+    /// Copied as the first attempt streams it: usable once it has ended
+    /// within the limit.
+    Teed(Arc<Tee>),
 }
 
 /// How an exchange ended. Lives on the stack for one move, so the size
 /// difference between the variants costs nothing worth a box.
 #[allow(clippy::large_enum_variant)]
 enum Finished {
-    Proxied { response: Response<Incoming>, conn: PooledConn, active: ActiveRequest, flags: ResponseFlags },
+    Proxied { response: Response<Incoming>, conn: Lease, active: ActiveRequest, flags: ResponseFlags },
     Local { reply: LocalReply, endpoint: Option<Arc<Endpoint>> },
 }
 
@@ -189,7 +204,7 @@ fn local(ex: &Exchange, mut reply: LocalReply, endpoint: Option<&Arc<Endpoint>>)
 fn proxied(
     ex: Exchange,
     response: Response<Incoming>,
-    conn: PooledConn,
+    conn: Lease,
     active: ActiveRequest,
     flags: ResponseFlags,
     slot: RequestSlot,
@@ -205,15 +220,15 @@ fn proxied(
     headers::strip_hop_by_hop(&mut parts.headers, false);
     // After a 101 the connection is never reused: it is the tunnel's, or
     // (a 101 nobody asked for) it is closed.
-    let conn = match upgraded {
-        Some((downstream, upstream)) => {
+    let conn = match (upgraded, conn) {
+        (Some((downstream, upstream)), Lease::Http1(conn)) => {
             if let Some(protocol) = protocol {
                 upgrade::restore_headers(&mut parts.headers, protocol);
             }
             upgrade::tunnel(downstream, upstream, conn);
             None
         }
-        None => (!switched).then_some(conn),
+        (_, conn) => (!switched).then_some(conn),
     };
     let service_ms = ex.start.elapsed().as_millis() as u64;
     parts.headers.insert(headers::X_ENVOY_UPSTREAM_SERVICE_TIME.clone(), headers::service_time(service_ms));
@@ -225,6 +240,7 @@ fn proxied(
     }
     let done = Completion {
         status: parts.status.as_u16(),
+        grpc: ex.grpc.then(|| grpc_status(&parts.headers)),
         response_bytes: headers::STATUS_LINE_BYTES + headers::block_bytes(&parts.headers),
         active,
         conn,
@@ -245,18 +261,29 @@ impl Attempts {
     }
 
     /// Keeps a replay copy of the request when its body is small enough:
-    /// the body is read whole first (bounded by [`REPLAY_LIMIT`]).
+    /// a body of announced length is read whole first (bounded by
+    /// [`REPLAY_LIMIT`]); one of unannounced length is copied as it
+    /// streams, and can be sent again once it has ended within the limit.
     async fn keep_replay(&mut self) -> Result<(), LocalReply> {
         let Some(req) = self.next.take() else { return Ok(()) };
         let (parts, body) = req.into_parts();
         let (body, kept) = match body {
-            RequestBody::Empty => (RequestBody::Empty, Some(None)),
+            RequestBody::Empty => (RequestBody::Empty, Some(ReplayBody::Whole(None))),
             RequestBody::Streamed(incoming) if incoming.size_hint().exact().is_some_and(|n| n <= REPLAY_LIMIT) => {
                 let bytes = collect(incoming).await?;
-                (RequestBody::Replay(Some(bytes.clone())), Some(Some(bytes)))
+                (RequestBody::Replay(Some(bytes.clone())), Some(ReplayBody::Whole(Some(bytes))))
+            }
+            // Unannounced length (HTTP/2 and chunked clients: gRPC):
+            // streamed at once (a bidirectional stream waits for answers
+            // before it ends), a copy kept on the side for retries.
+            RequestBody::Counted(incoming, count) => {
+                let tee = Tee::new(count, REPLAY_LIMIT);
+                (RequestBody::Teed(incoming, tee.clone()), Some(ReplayBody::Teed(tee)))
             }
             // Already read whole (a mirrored request's body).
-            RequestBody::Replay(Some(bytes)) => (RequestBody::Replay(Some(bytes.clone())), Some(Some(bytes))),
+            RequestBody::Replay(Some(bytes)) => {
+                (RequestBody::Replay(Some(bytes.clone())), Some(ReplayBody::Whole(Some(bytes))))
+            }
             other => (other, None),
         };
         if let Some(body) = kept {
@@ -273,14 +300,14 @@ impl Attempts {
     }
 
     fn can_send_again(&self) -> bool {
-        self.next.is_some() || self.replay.is_some()
+        self.next.is_some() || self.replay.as_ref().is_some_and(Replay::available)
     }
 
     /// The request for attempt `self.attempt`.
     fn request(&mut self) -> Option<Request<RequestBody>> {
         let mut req = match self.next.take() {
             Some(req) => req,
-            None => self.replay.as_ref()?.request(),
+            None => self.replay.as_ref()?.request()?,
         };
         if self.attempt > 1 {
             req.headers_mut().insert(headers::X_ENVOY_ATTEMPT_COUNT.clone(), HeaderValue::from(self.attempt));
@@ -303,10 +330,16 @@ impl Attempts {
             let endpoint = pick.endpoint;
             self.current = Some(endpoint.clone());
             let active = endpoint.clone().start();
-            let tls = pick.tls.as_deref();
-            let send = |req| {
-                forward::send(endpoint.pool(), ex.cluster.resources(), &pick.pool, pick.connect_timeout, tls, req)
+            let target = || forward::Target {
+                pool: endpoint.pool(),
+                resources: ex.cluster.resources(),
+                settings: &pick.pool,
+                connect_timeout: pick.connect_timeout,
+                tls: pick.tls.as_deref(),
+                // An upgrade needs HTTP/1.1 (no extended CONNECT upstream).
+                http2: pick.pool.protocol.http2(ex.client_http2) && ex.upgrade.is_none(),
             };
+            let send = |req| forward::send(target(), req);
             let per_try = retry.and_then(|r| r.per_try_timeout);
             let sent = match per_try {
                 None => Ok(send(req).await),
@@ -407,13 +440,25 @@ impl Attempts {
 // === impl Replay ===
 
 impl Replay {
-    fn request(&self) -> Request<RequestBody> {
-        let mut req = Request::new(RequestBody::Replay(self.body.clone()));
+    /// Whether the body is there to send again.
+    fn available(&self) -> bool {
+        match &self.body {
+            ReplayBody::Whole(_) => true,
+            ReplayBody::Teed(tee) => tee.is_whole(),
+        }
+    }
+
+    fn request(&self) -> Option<Request<RequestBody>> {
+        let body = match &self.body {
+            ReplayBody::Whole(body) => body.clone(),
+            ReplayBody::Teed(tee) => Some(tee.whole()?),
+        };
+        let mut req = Request::new(RequestBody::Replay(body));
         *req.method_mut() = self.method.clone();
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
-        req
+        Some(req)
     }
 }
 
@@ -459,8 +504,9 @@ pub(super) async fn collect(body: Incoming) -> Result<Bytes, LocalReply> {
     }
 }
 
-/// `grpc-status` from response headers (a trailers-only gRPC response).
-fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+/// `grpc-status` from response headers (a trailers-only gRPC response)
+/// or trailers.
+pub(super) fn grpc_status(headers: &HeaderMap) -> Option<u32> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 

@@ -1,15 +1,17 @@
-//! Sending one request to one endpoint over a pooled connection.
+//! Sending one request to one endpoint over a pooled connection: an
+//! HTTP/1.1 connection of its own, or a stream of an HTTP/2 one.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
+use http::uri::{self, Authority, PathAndQuery, Scheme};
+use http::{header, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 
 use super::flags::ResponseFlags;
 use crate::routing::PoolSettings;
 use crate::upstream::tls::UpstreamTls;
-use crate::upstream::{ClusterResources, ConnectError, ConnectionPool, PoolError, PooledConn, RequestBody};
+use crate::upstream::{ClusterResources, ConnectError, ConnectionPool, Lease, PoolError, RequestBody};
 
 /// Why an upstream exchange failed before response headers.
 #[derive(Debug, thiserror::Error)]
@@ -57,28 +59,78 @@ pub struct Failed {
     pub unsent: Option<Request<RequestBody>>,
 }
 
+/// Where and how one attempt is sent.
+pub struct Target<'a> {
+    pub pool: &'a ConnectionPool,
+    pub resources: &'a Arc<ClusterResources>,
+    pub settings: &'a PoolSettings,
+    pub connect_timeout: Duration,
+    pub tls: Option<&'a UpstreamTls>,
+    /// Over HTTP/2 (a stream of a multiplexed connection) rather than
+    /// HTTP/1.1.
+    pub http2: bool,
+}
+
 /// Sends `req` on a pooled connection to the pool's endpoint. If a reused
 /// connection turns out dead before the request was written, hyper hands
 /// the request back and it goes out once more on a fresh connection.
-pub async fn send(
-    pool: &ConnectionPool,
-    resources: &Arc<ClusterResources>,
-    settings: &PoolSettings,
-    connect_timeout: Duration,
-    tls: Option<&UpstreamTls>,
-    mut req: Request<RequestBody>,
-) -> Result<(Response<Incoming>, PooledConn), Failed> {
+pub async fn send(target: Target<'_>, mut req: Request<RequestBody>) -> Result<(Response<Incoming>, Lease), Failed> {
+    if target.http2 {
+        // Boxed: HTTP/2 upstreams are the rarer case, and this keeps their
+        // state out of every HTTP/1.1 attempt's future.
+        let sending = Box::pin(send_http2(target, req));
+        return sending.await;
+    }
+    let Target { pool, resources, settings, connect_timeout, tls, .. } = target;
     loop {
         let mut checkout = match pool.checkout_with(resources, settings, connect_timeout, tls).await {
             Ok(checkout) => checkout,
             Err(error) => return Err(Failed { error: error.into(), unsent: Some(req) }),
         };
         match checkout.conn.sender().try_send_request(req).await {
-            Ok(response) => return Ok((response, checkout.conn)),
+            Ok(response) => return Ok((response, Lease::Http1(checkout.conn))),
             Err(mut error) => match error.take_message() {
                 Some(unsent) if checkout.reused => req = unsent,
                 unsent => return Err(Failed { error: ForwardError::Exchange(error.into_error()), unsent }),
             },
         }
+    }
+}
+
+/// [`send`] on a stream of an HTTP/2 connection.
+async fn send_http2(target: Target<'_>, mut req: Request<RequestBody>) -> Result<(Response<Incoming>, Lease), Failed> {
+    let Target { pool, resources, settings, connect_timeout, tls, .. } = target;
+    let scheme = if tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP };
+    to_http2(&mut req, scheme);
+    loop {
+        let mut stream = match pool.http2().checkout(pool.addr(), resources, settings, connect_timeout, tls).await {
+            Ok(stream) => stream,
+            Err(error) => return Err(Failed { error: error.into(), unsent: Some(req) }),
+        };
+        match stream.sender().try_send_request(req).await {
+            Ok(response) => return Ok((response, Lease::Http2(stream))),
+            Err(mut error) => match error.take_message() {
+                Some(unsent) if stream.reused => req = unsent,
+                unsent => return Err(Failed { error: ForwardError::Exchange(error.into_error()), unsent }),
+            },
+        }
+    }
+}
+
+/// The HTTP/2 form of an upstream request (made in HTTP/1.1 form): the
+/// `Host` header becomes the `:authority` of an absolute URI with
+/// `scheme`. A `Host` that is no valid authority stays a header.
+fn to_http2<B>(req: &mut Request<B>, scheme: Scheme) {
+    *req.version_mut() = Version::HTTP_2;
+    let Some(authority) = req.headers().get(header::HOST).and_then(|h| Authority::try_from(h.as_bytes()).ok()) else {
+        return;
+    };
+    let mut parts = uri::Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+        req.headers_mut().remove(header::HOST);
     }
 }

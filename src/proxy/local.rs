@@ -107,6 +107,7 @@ impl LocalReply {
             destination,
             &RequestRecord {
                 status: self.status.as_u16(),
+                grpc: None,
                 flags: &flags,
                 duration_ms: start.elapsed().as_secs_f64() * 1000.0,
                 request_bytes,

@@ -65,6 +65,7 @@ pub async fn send_copies(
             timeout_from: start,
             request_bytes: RequestBytes { head: head_bytes, body: BodyBytes::Known(len) },
             grpc: false,
+            client_http2: false,
             flags: ResponseFlags::NONE,
             mutations: None,
             upgrade: None,

@@ -99,6 +99,7 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
         Some(RequestHash::NewCookie { hash, set_cookie }) => (Some(hash), Some(set_cookie)),
     };
     let grpc = is_grpc(&req);
+    let client_http2 = req.version() == Version::HTTP_2;
     let upgrade = upgrade::requested(&mut req);
     let route = overrides::apply(req.headers_mut(), &policy).unwrap_or(policy);
     if let Some(mutations) = &mutations {
@@ -125,6 +126,7 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
         timeout_from,
         request_bytes,
         grpc,
+        client_http2,
         flags,
         mutations,
         upgrade,
