@@ -159,11 +159,14 @@ impl DestinationLabels {
     }
 }
 
-/// The 25 label values for one record, in [`ISTIO_LABELS`] order.
+/// The 25 label values for one record, in [`ISTIO_LABELS`] order. `grpc`
+/// is the `grpc-status` of a gRPC request (empty when none came), which
+/// also makes `request_protocol` `grpc`.
 pub fn values<'a>(
     source: &'a SourceLabels,
     destination: &'a DestinationLabels,
     code: &'a str,
+    grpc: Option<&'a str>,
     flags: &'a str,
 ) -> [&'a str; 25] {
     [
@@ -187,9 +190,9 @@ pub fn values<'a>(
         &destination.service_name,
         &destination.service_namespace,
         UNKNOWN,
-        destination.request_protocol,
+        if grpc.is_some() { "grpc" } else { destination.request_protocol },
         code,
-        "",
+        grpc.unwrap_or_default(),
         flags,
         UNKNOWN,
     ]
@@ -198,7 +201,7 @@ pub fn values<'a>(
 /// The 23 label values of a TCP record, in [`TCP_LABELS`] order
 /// (`request_protocol` is `tcp`).
 pub fn tcp_values<'a>(source: &'a SourceLabels, destination: &'a DestinationLabels, flags: &'a str) -> [&'a str; 23] {
-    let [head @ .., _protocol, _code, _grpc, _flags, security] = values(source, destination, "", flags);
+    let [head @ .., _protocol, _code, _grpc, _flags, security] = values(source, destination, "", None, flags);
     let mut out = [UNKNOWN; 23];
     out[..20].copy_from_slice(&head);
     out[20] = "tcp";

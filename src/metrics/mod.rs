@@ -99,6 +99,9 @@ pub struct RequestMetricsCache {
 /// One finished request, ready to record.
 pub struct RequestRecord<'a> {
     pub status: u16,
+    /// For a gRPC request, its `grpc-status` if one came; `None` for other
+    /// requests.
+    pub grpc: Option<Option<u32>>,
     /// Envoy's `%RESPONSE_FLAGS%` (`-` when none).
     pub flags: &'a str,
     pub duration_ms: f64,
@@ -211,12 +214,19 @@ impl Metrics {
     /// Records one request to `destination` without a cache (local replies,
     /// rare statuses).
     pub fn record(&self, destination: &DestinationLabels, record: &RequestRecord<'_>) {
-        self.resolve(destination, record.status, record.flags).observe(record);
+        self.resolve(destination, record.status, record.grpc, record.flags).observe(record);
     }
 
-    fn resolve(&self, destination: &DestinationLabels, status: u16, flags: &str) -> RequestMetrics {
+    fn resolve(
+        &self,
+        destination: &DestinationLabels,
+        status: u16,
+        grpc: Option<Option<u32>>,
+        flags: &str,
+    ) -> RequestMetrics {
         let code = status.to_string();
-        let values = labels::values(&self.source, destination, &code, flags);
+        let grpc = grpc.map(|status| status.map(|s| s.to_string()).unwrap_or_default());
+        let values = labels::values(&self.source, destination, &code, grpc.as_deref(), flags);
         RequestMetrics {
             requests: self.requests_total.with_label_values(&values),
             duration: self.request_duration.with_label_values(&values),
@@ -245,14 +255,14 @@ impl RequestMetricsCache {
     }
 
     /// Records one request, through cached handles when the status is
-    /// common and there are no flags.
+    /// common and there are no flags (and it is no gRPC request).
     pub fn record(&self, metrics: &Metrics, record: &RequestRecord<'_>) {
-        let slot = (record.flags == "-")
+        let slot = (record.flags == "-" && record.grpc.is_none())
             .then(|| COMMON_STATUSES.iter().position(|s| *s == record.status))
             .flatten()
             .and_then(|i| self.common.get(i));
         match slot {
-            Some(slot) => slot.get_or_init(|| metrics.resolve(&self.labels, record.status, "-")).observe(record),
+            Some(slot) => slot.get_or_init(|| metrics.resolve(&self.labels, record.status, None, "-")).observe(record),
             None => metrics.record(&self.labels, record),
         }
     }
@@ -267,8 +277,14 @@ mod tests {
         let metrics = Metrics::new(SourceLabels::unknown()).unwrap();
         let dest = DestinationLabels::for_service("r.default.svc.cluster.local", "r", "default");
         let cache = metrics.cache(dest.clone());
-        let rec =
-            |status, flags| RequestRecord { status, flags, duration_ms: 1.0, request_bytes: 10, response_bytes: 20 };
+        let rec = |status, flags| RequestRecord {
+            status,
+            grpc: None,
+            flags,
+            duration_ms: 1.0,
+            request_bytes: 10,
+            response_bytes: 20,
+        };
         cache.record(&metrics, &rec(200, "-"));
         cache.record(&metrics, &rec(200, "-"));
         metrics.record(&dest, &rec(200, "-"));
