@@ -7,6 +7,7 @@
 //! helpers are unused in some test binaries.
 #![allow(dead_code)]
 
+pub mod grpc;
 pub mod pki;
 
 use std::collections::BTreeMap;
@@ -170,8 +171,26 @@ pub struct Upstream {
     pub connections: Arc<AtomicUsize>,
 }
 
-/// Starts an upstream answering every request with `handler`.
+/// Starts an HTTP/1.1 upstream answering every request with `handler`.
 pub async fn upstream<F, Fut>(handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    upstream_speaking(handler, false).await
+}
+
+/// Starts an upstream speaking HTTP/1.1 and h2c (told apart by the
+/// connection preface), answering every request with `handler`.
+pub async fn upstream_h1_h2<F, Fut>(handler: F) -> Upstream
+where
+    F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<TestBody>> + Send + 'static,
+{
+    upstream_speaking(handler, true).await
+}
+
+async fn upstream_speaking<F, Fut>(handler: F, h2c: bool) -> Upstream
 where
     F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Response<TestBody>> + Send + 'static,
@@ -191,8 +210,14 @@ where
                 async move { Ok::<_, Infallible>(fut.await) }
             });
             tokio::spawn(async move {
-                let _ =
-                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let io = TokioIo::new(stream);
+                let _ = if h2c {
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(io, service)
+                        .await
+                } else {
+                    hyper::server::conn::http1::Builder::new().serve_connection(io, service).await.map_err(Into::into)
+                };
             });
         }
     });

@@ -85,3 +85,20 @@ pub async fn tls_connect(
 pub fn der_of(path: &str) -> CertificateDer<'static> {
     CertificateDer::pem_file_iter(Path::new(path)).expect("read cert").next().expect("a cert").expect("cert")
 }
+
+/// A server configuration with the certificate `cert`/`key` (PEM files),
+/// offering `alpn`.
+pub fn server_config(cert: &str, key: &str, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(Path::new(cert)).expect("read cert").map(|c| c.expect("cert")).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key).expect("read key");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server cert");
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
