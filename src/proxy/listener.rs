@@ -12,7 +12,6 @@ use arc_swap::ArcSwapOption;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
@@ -21,6 +20,8 @@ use tracing::{debug, warn};
 use super::body::ProxyBody;
 use super::detect::{detect, Protocol};
 use super::service::{handle, Downstream};
+use super::terminate::Termination;
+use super::xfcc::ForwardClientCert;
 use super::Proxy;
 
 /// How long a client has to finish its TLS handshake.
@@ -39,13 +40,15 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: watch::Re
     serve_on(listener, None, None, proxy, shutdown, drain_timeout).await
 }
 
-/// The TLS configuration of an `HTTPS` listener, replaced when its
+/// The TLS termination of an `HTTPS` listener, replaced when its
 /// certificates or settings change (new connections take the new one).
-pub type TlsConfig = Arc<ArcSwapOption<ServerConfig>>;
+pub type TlsConfig = Arc<ArcSwapOption<Termination>>;
 
 /// [`serve`] for the listener of a Gateway's port (`gateway`), which
 /// routes by that port's table, terminating TLS when `tls` is set (a
 /// connection accepted while it holds no configuration is closed).
+/// Gateway connections set or remove `x-forwarded-client-cert`
+/// ([`ForwardClientCert`]); the mesh listeners leave it alone.
 pub async fn serve_on(
     listener: TcpListener,
     gateway: Option<u16>,
@@ -75,32 +78,32 @@ pub async fn serve_on(
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "set_nodelay failed");
         }
-        let config = match &tls {
+        let termination = match &tls {
             None => None,
             Some(tls) => match tls.load_full() {
-                Some(config) => Some(config),
+                Some(termination) => Some(termination),
                 None => continue,
             },
         };
-        let scheme = if config.is_some() { "https" } else { "http" };
-        let downstream = Downstream { peer, scheme, gateway };
+        let scheme = if termination.is_some() { "https" } else { "http" };
+        let client_cert = match gateway {
+            None => ForwardClientCert::Untouched,
+            // Replaced after the handshake on TLS connections.
+            Some(_) => ForwardClientCert::Sanitize,
+        };
+        let downstream = Downstream { peer, scheme, gateway, client_cert };
         let proxy_for_conn = proxy.clone();
-        // The request future is boxed: hyper keeps a slot of the service
-        // future's size in every connection for its whole life, so an
-        // unboxed ~4 KB state machine would cost each idle keep-alive
-        // connection ~4 KB; boxed, it is allocated per request instead.
-        let service = service_fn(move |req| {
-            let proxy = proxy_for_conn.clone();
-            let respond: RequestFuture = Box::pin(async move { Ok(handle(proxy, downstream, req).await) });
-            respond
-        });
         let (servers, open, shutdown) = (servers.clone(), open.clone(), shutdown.clone());
         let gauge = proxy.metrics.downstream_connections.clone();
         gauge.inc();
         tokio::spawn(async move {
-            let served = match config {
-                None => servers.serve(stream, service, shutdown).await,
-                Some(config) => servers.serve_tls(stream, config, service, shutdown).await,
+            let served = match termination {
+                None => servers.serve(stream, request_service(proxy_for_conn, downstream), shutdown).await,
+                Some(termination) => {
+                    let service =
+                        |client_cert| request_service(proxy_for_conn, Downstream { client_cert, ..downstream });
+                    servers.serve_tls(stream, &termination, service, shutdown).await
+                }
             };
             if let Err(error) = served {
                 debug!(%peer, %error, "downstream connection ended with an error");
@@ -114,6 +117,20 @@ pub async fn serve_on(
     if tokio::time::timeout(drain_timeout, all_closed.recv()).await.is_err() {
         warn!(?drain_timeout, "drain timeout passed with connections still open");
     }
+}
+
+/// The request path as one connection's service.
+///
+/// The request future is boxed: hyper keeps a slot of the service
+/// future's size in every connection for its whole life, so an unboxed
+/// ~4 KB state machine would cost each idle keep-alive connection ~4 KB;
+/// boxed, it is allocated per request instead.
+fn request_service(proxy: Arc<Proxy>, downstream: Downstream) -> impl HttpService<Future = RequestFuture> {
+    service_fn(move |req| {
+        let (proxy, downstream) = (proxy.clone(), downstream.clone());
+        let respond: RequestFuture = Box::pin(async move { Ok(handle(proxy, downstream, req).await) });
+        respond
+    })
 }
 
 /// The HTTP/1 and HTTP/2 server settings every connection of a listener
@@ -168,18 +185,21 @@ impl Servers {
     }
 
     /// [`Self::serve`] behind a TLS handshake; ALPN chooses the protocol.
+    /// The service is made after the handshake, from what the client's
+    /// certificate says for `x-forwarded-client-cert`.
     async fn serve_tls<S>(
         &self,
         stream: TcpStream,
-        config: Arc<ServerConfig>,
-        service: S,
+        termination: &Termination,
+        service: impl FnOnce(ForwardClientCert) -> S,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), hyper::Error>
     where
         S: HttpService,
         S::Future: Send + 'static,
     {
-        let accept = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, TlsAcceptor::from(config).accept(stream));
+        let acceptor = TlsAcceptor::from(termination.config.clone());
+        let accept = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
         let tls = tokio::select! {
             accepted = accept => match accepted {
                 Ok(Ok(tls)) => tls,
@@ -191,9 +211,12 @@ impl Servers {
             },
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
         };
-        let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-        let protocol = if h2 { Protocol::Http2 } else { Protocol::Http1 };
-        self.serve_http(tls, protocol, service, shutdown).await
+        let session = tls.get_ref().1;
+        let protocol = if session.alpn_protocol() == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
+        let leaf = session.peer_certificates().and_then(|chain| chain.first());
+        let local_uris = termination.local_uri_sans(session.server_name());
+        let client_cert = ForwardClientCert::gateway(leaf.map(|cert| cert.as_ref()), local_uris);
+        self.serve_http(tls, protocol, service(client_cert), shutdown).await
     }
 
     /// HTTP/1.1 or HTTP/2 on `io` until it closes or a drain ends it.

@@ -31,7 +31,8 @@
 //! - `tcp`: TCP listeners bound to a host, routed by its `tcp` routes and
 //!   relayed byte for byte; `upgrade`: HTTP/1.1 `Upgrade`s (WebSocket)
 //!   tunnelled after the 101; `terminate`: TLS for Gateway `HTTPS`
-//!   servers (certificates by SNI).
+//!   servers (certificates by SNI); `xfcc`: `x-forwarded-client-cert`
+//!   from the client's certificate.
 //! - `body`: the response body stream and the bookkeeping at its end;
 //!   `headers`, `path`: header and path handling; `listener`: accept loops.
 
@@ -56,6 +57,7 @@ pub mod service;
 pub mod tcp;
 pub mod terminate;
 mod upgrade;
+pub mod xfcc;
 
 pub use flags::ResponseFlags;
 

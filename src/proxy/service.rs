@@ -17,6 +17,7 @@ use super::exchange::{self, Exchange};
 use super::hash_key::{self, RequestHash};
 use super::headers;
 use super::local::LocalReply;
+use super::xfcc::ForwardClientCert;
 use super::{mirror, overrides, path, upgrade, Proxy, ResponseFlags};
 use crate::config::host;
 use crate::metrics::DestinationLabels;
@@ -27,13 +28,15 @@ use crate::snapshot::Snapshot;
 use crate::upstream::{Cluster, RequestBody};
 
 /// Per-connection facts the request path needs.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Downstream {
     pub peer: SocketAddr,
     /// `http` (or `https` on TLS listeners).
     pub scheme: &'static str,
     /// The Gateway port whose routes apply; `None` on the mesh listeners.
     pub gateway: Option<u16>,
+    /// What happens to `x-forwarded-client-cert`, decided at the handshake.
+    pub client_cert: ForwardClientCert,
 }
 
 /// A local reply instead of a route, with the destination its metrics are
@@ -224,6 +227,7 @@ fn prepare(req: Request<Incoming>, downstream: &Downstream, head_bytes: u64) -> 
     parts.version = Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers, true);
     headers::set_forwarding(&mut parts.headers, downstream.peer.ip(), downstream.scheme);
+    downstream.client_cert.apply(&mut parts.headers);
     let (body, counted) = if body.is_end_stream() {
         (RequestBody::Empty, BodyBytes::Known(0))
     } else if let Some(len) = body.size_hint().exact() {

@@ -16,6 +16,10 @@
 //!   as Envoy's do; TLS 1.3 suites are not configurable. Names rustls has
 //!   no suite for are ignored (all of rustls' suites are AEAD with ECDHE).
 //! - ALPN: `h2` and `http/1.1`.
+//! - Each certificate's URI SANs are read once, when the configuration is
+//!   built: after a handshake [`Termination::local_uri_sans`] names those
+//!   of the certificate the SNI chose, for `x-forwarded-client-cert`'s
+//!   `By=` ([`xfcc`](super::xfcc)); rustls does not say which one it sent.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,6 +31,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
 
+use super::xfcc;
 use crate::config::host;
 use crate::routing::TlsServer;
 
@@ -35,18 +40,68 @@ use crate::routing::TlsServer;
 #[error("{0}")]
 pub struct TerminateError(String);
 
-/// Builds the server configuration for `servers` (the `HTTPS` servers of
-/// one port), reading `credentialName`s under `credentials`.
-pub fn server_config(servers: &[TlsServer], credentials: Option<&Path>) -> Result<Arc<ServerConfig>, TerminateError> {
-    let provider = Arc::new(provider(servers));
-    let mut certs = Vec::with_capacity(servers.len());
-    for server in servers {
-        let files = Files::of(server, credentials)?;
-        certs.push((server.hosts.clone(), Arc::new(certified_key(&files, &provider)?)));
+/// TLS termination for one port: the configuration its handshakes use and
+/// the certificates it chooses among.
+#[derive(Debug)]
+pub struct Termination {
+    pub config: Arc<ServerConfig>,
+    /// The configuration's certificate resolver, shared with it.
+    certs: Arc<BySni>,
+}
+
+/// Chooses the certificate by SNI among the port's servers.
+#[derive(Debug)]
+struct BySni {
+    /// Each server's certificate, in configuration order.
+    certs: Vec<Served>,
+}
+
+/// One server's certificate and the names it is chosen for.
+#[derive(Debug)]
+struct Served {
+    /// The SNI names it answers (the server's `hosts`).
+    hosts: Vec<String>,
+    key: Arc<CertifiedKey>,
+    /// The URI SANs of its leaf.
+    uri_sans: Vec<String>,
+}
+
+// === impl Termination ===
+
+impl Termination {
+    /// Builds the termination for `servers` (the `HTTPS` servers of one
+    /// port), reading `credentialName`s under `credentials`.
+    pub fn new(servers: &[TlsServer], credentials: Option<&Path>) -> Result<Arc<Termination>, TerminateError> {
+        let provider = Arc::new(provider(servers));
+        let mut certs = Vec::with_capacity(servers.len());
+        for server in servers {
+            let files = Files::of(server, credentials)?;
+            let key = certified_key(&files, &provider)?;
+            let uri_sans = key.end_entity_cert().map(|leaf| xfcc::uri_sans(leaf)).unwrap_or_default();
+            certs.push(Served { hosts: server.hosts.clone(), key: Arc::new(key), uri_sans });
+        }
+        if certs.is_empty() {
+            return Err(TerminateError("no HTTPS server".into()));
+        }
+        let certs = Arc::new(BySni { certs });
+        let config = server_config(servers, credentials, provider, certs.clone())?;
+        Ok(Arc::new(Termination { config, certs }))
     }
-    if certs.is_empty() {
-        return Err(TerminateError("no HTTPS server".into()));
+
+    /// The URI SANs of the certificate sent to a client that asked for
+    /// `sni`.
+    pub fn local_uri_sans(&self, sni: Option<&str>) -> &[String] {
+        self.certs.select(sni).map(|served| served.uri_sans.as_slice()).unwrap_or_default()
     }
+}
+
+/// The server configuration for `servers`, choosing among `certs`.
+fn server_config(
+    servers: &[TlsServer],
+    credentials: Option<&Path>,
+    provider: Arc<CryptoProvider>,
+    certs: Arc<BySni>,
+) -> Result<Arc<ServerConfig>, TerminateError> {
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions(servers))
         .map_err(|e| TerminateError(e.to_string()))?;
@@ -66,7 +121,7 @@ pub fn server_config(servers: &[TlsServer], credentials: Option<&Path>) -> Resul
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut config = builder.with_cert_resolver(Arc::new(BySni { certs }));
+    let mut config = builder.with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
@@ -163,22 +218,25 @@ fn versions(servers: &[TlsServer]) -> Vec<&'static SupportedProtocolVersion> {
     out
 }
 
-/// Chooses the certificate by SNI among the port's servers.
-#[derive(Debug)]
-struct BySni {
-    /// Each server's hosts and certificate, in configuration order.
-    certs: Vec<(Vec<String>, Arc<CertifiedKey>)>,
+// === impl BySni ===
+
+impl BySni {
+    /// The certificate for `sni`: the server naming it exactly, else by
+    /// `*.suffix`, else `*`, else (or without SNI) the first.
+    fn select(&self, sni: Option<&str>) -> Option<&Served> {
+        let first = self.certs.first();
+        let Some(name) = sni.map(str::to_ascii_lowercase) else { return first };
+        let serving = |names: &dyn Fn(&str) -> bool| self.certs.iter().find(|s| s.hosts.iter().any(|h| names(h)));
+        serving(&|h| h.eq_ignore_ascii_case(&name))
+            .or_else(|| serving(&|h| h.starts_with("*.") && host::covers(h, &name)))
+            .or_else(|| serving(&|h| h == "*"))
+            .or(first)
+    }
 }
 
 impl ResolvesServerCert for BySni {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let first = self.certs.first().map(|(_, key)| key.clone());
-        let Some(name) = hello.server_name().map(str::to_ascii_lowercase) else { return first };
-        let exact = self.certs.iter().find(|(hosts, _)| hosts.iter().any(|h| h.eq_ignore_ascii_case(&name)));
-        let wildcard =
-            || self.certs.iter().find(|(hosts, _)| hosts.iter().any(|h| h.starts_with("*.") && host::covers(h, &name)));
-        let any = || self.certs.iter().find(|(hosts, _)| hosts.iter().any(|h| h == "*"));
-        exact.or_else(wildcard).or_else(any).map(|(_, key)| key.clone()).or(first)
+        self.select(hello.server_name()).map(|served| served.key.clone())
     }
 }
 

@@ -82,7 +82,7 @@ impl GatewayListeners {
         for gateway in wanted {
             let tls = match gateway.tls.as_slice() {
                 [] => None,
-                servers => match terminate::server_config(servers, self.credentials.as_deref()) {
+                servers => match terminate::Termination::new(servers, self.credentials.as_deref()) {
                     Ok(config) => Some(config),
                     Err(error) => {
                         error!(port = gateway.port, %error, "cannot build the Gateway port's TLS configuration");

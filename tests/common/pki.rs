@@ -35,8 +35,14 @@ impl Pki {
 
     /// A leaf for `names`, written to `NAME.pem` and `NAME.key`.
     pub fn leaf(&self, name: &str, names: &[&str]) -> (String, String) {
-        let key = KeyPair::generate().expect("leaf key");
         let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+        self.leaf_with(name, params)
+    }
+
+    /// A leaf made from `params` (subject, SANs of any type), written to
+    /// `NAME.pem` and `NAME.key`.
+    pub fn leaf_with(&self, name: &str, params: CertificateParams) -> (String, String) {
+        let key = KeyPair::generate().expect("leaf key");
         let cert = params.signed_by(&key, &self.ca).expect("sign leaf");
         let (cert_path, key_path) = (self.path(&format!("{name}.pem")), self.path(&format!("{name}.key")));
         std::fs::write(&cert_path, cert.pem()).expect("write cert");
