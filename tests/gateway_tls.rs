@@ -33,10 +33,12 @@ where
         tokio::spawn(conn);
         let mut req = req;
         req.headers_mut().remove("host");
+        send.ready().await.unwrap();
         send.send_request(req).await.unwrap().status()
     } else {
         let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
         tokio::spawn(conn);
+        send.ready().await.unwrap();
         send.send_request(req).await.unwrap().status()
     };
     status
