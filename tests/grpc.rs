@@ -147,3 +147,25 @@ async fn grpc_unavailable_is_retried() {
     assert_eq!(failed.code(), Code::Unavailable);
     assert_eq!(upstream.calls.load(Ordering::SeqCst), 1);
 }
+
+/// Scenario: meshd's own error replies reach a gRPC client the way Envoy
+/// sends them, as trailers-only responses: no route is UNIMPLEMENTED, a
+/// refused connection is UNAVAILABLE with Envoy's reset text, and metrics
+/// record `response_code="200"` with the gRPC status and the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_replies_to_grpc_clients_are_grpc_statuses() {
+    let dead = std::net::SocketAddr::from(([127, 0, 0, 1], closed_port()));
+    let mesh = Mesh::with(&grpc_service(dead)).await;
+
+    let mut nowhere = grpc::client(mesh.addr, "nowhere.example.com", None).await;
+    let status = grpc::say(&mut nowhere, ask("x", 0, Code::Ok)).await.expect_err("no route");
+    assert_eq!(status.code(), Code::Unimplemented);
+
+    let mut client = grpc::client(mesh.addr, HOST, None).await;
+    let status = grpc::say(&mut client, ask("x", 0, Code::Ok)).await.expect_err("connection refused");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(status.message().starts_with("upstream connect error"), "{}", status.message());
+    let labels = [("response_code", "200"), ("grpc_response_status", "14"), ("response_flags", "UF,URX")];
+    mesh.wait_requests(&labels, 1.0).await;
+    mesh.wait_requests(&[("grpc_response_status", "12"), ("response_flags", "NR")], 1.0).await;
+}

@@ -189,6 +189,7 @@ pub async fn run(ex: Exchange, req: Request<RequestBody>) -> Response<ProxyBody>
 fn local(ex: &Exchange, mut reply: LocalReply, endpoint: Option<&Arc<Endpoint>>) -> Response<ProxyBody> {
     let bytes = ex.request_bytes.total();
     reply.flags |= ex.flags;
+    reply.grpc = ex.grpc;
     match endpoint {
         Some(e) => reply.into_response(&e.registry, e.metrics.labels(), ex.start, bytes),
         None => {

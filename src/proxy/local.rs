@@ -3,7 +3,7 @@
 //! their metrics.
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use tokio::time::Instant;
 
@@ -22,7 +22,12 @@ pub struct LocalReply {
     /// operations); each name here replaces the default of that name.
     /// Empty, and so not allocated, for most replies.
     pub headers: HeaderMap,
+    /// The request is gRPC: the reply is sent as gRPC clients expect it
+    /// (see [`LocalReply::into_grpc`]).
+    pub grpc: bool,
 }
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 
 /// Envoy's body prefix for upstream resets and connect failures.
 const RESET_PREFIX: &str = "upstream connect error or disconnect/reset before headers. ";
@@ -73,7 +78,41 @@ impl LocalReply {
     /// A reply a rule asks for (`redirect`, `directResponse`, a fault
     /// abort).
     pub fn new(status: StatusCode, flags: ResponseFlags, body: impl Into<Bytes>) -> Self {
-        LocalReply { status, flags, body: body.into(), overloaded: false, headers: HeaderMap::new() }
+        LocalReply { status, flags, body: body.into(), overloaded: false, headers: HeaderMap::new(), grpc: false }
+    }
+
+    /// Marks the reply as answering a gRPC request (when `grpc`).
+    pub fn for_grpc(mut self, grpc: bool) -> Self {
+        self.grpc = grpc;
+        self
+    }
+
+    /// The reply as Envoy sends it to a gRPC client: a trailers-only
+    /// response (HTTP 200) whose `grpc-status` maps the HTTP status
+    /// (`Grpc::Utility::httpToGrpcStatus`) and whose `grpc-message` is the
+    /// body. A reply that is gRPC already (a fault's `grpcStatus`) stays.
+    fn into_grpc(mut self) -> Self {
+        if self.headers.contains_key(GRPC_STATUS) {
+            return self;
+        }
+        let code: u16 = match self.status.as_u16() {
+            400 => 13,
+            401 => 16,
+            403 => 7,
+            404 => 12,
+            429 | 502 | 503 | 504 => 14,
+            _ => 2,
+        };
+        self.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        self.headers.insert(GRPC_STATUS, HeaderValue::from(code));
+        if let Ok(message) = HeaderValue::from_bytes(&self.body) {
+            if !message.is_empty() {
+                self.headers.insert(HeaderName::from_static("grpc-message"), message);
+            }
+        }
+        self.status = StatusCode::OK;
+        self.body = Bytes::new();
+        self
     }
 
     /// Records the reply against `destination` and builds the response.
@@ -84,7 +123,19 @@ impl LocalReply {
         start: Instant,
         request_bytes: u64,
     ) -> Response<ProxyBody> {
+        let this = if self.grpc { self.into_grpc() } else { self };
+        this.build(metrics, destination, start, request_bytes)
+    }
+
+    fn build(
+        self,
+        metrics: &Metrics,
+        destination: &DestinationLabels,
+        start: Instant,
+        request_bytes: u64,
+    ) -> Response<ProxyBody> {
         let body_len = self.body.len();
+        let grpc = self.grpc.then(|| self.headers.get(GRPC_STATUS).and_then(|v| v.to_str().ok()?.parse().ok()));
         let flags = self.flags.as_str();
         let mut response = Response::new(ProxyBody::local(self.body));
         *response.status_mut() = self.status;
@@ -107,7 +158,7 @@ impl LocalReply {
             destination,
             &RequestRecord {
                 status: self.status.as_u16(),
-                grpc: None,
+                grpc,
                 flags: &flags,
                 duration_ms: start.elapsed().as_secs_f64() * 1000.0,
                 request_bytes,

@@ -64,16 +64,20 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
     // dropped before the first await.
     let snapshot = proxy.snapshot.load();
     let head_bytes = request_head_bytes(&req);
+    let grpc = is_grpc(&req);
     let Chosen { cluster: index, policy, mutations, mirrors } = match route(&snapshot, &downstream, &req) {
         Ok(chosen) => chosen,
         Err(refusal) => {
             let (reply, destination) = *refusal;
-            return reply.into_response(&proxy.metrics, &destination, start, head_bytes);
+            // Errors (flagged) are sent the gRPC way; redirects and direct
+            // responses are not, as in Envoy.
+            let grpc = grpc && !reply.flags.is_empty();
+            return reply.for_grpc(grpc).into_response(&proxy.metrics, &destination, start, head_bytes);
         }
     };
     let Some(cluster) = snapshot.clusters.get(index).cloned() else {
         let destination = DestinationLabels::for_service("unknown", "unknown", "unknown");
-        return LocalReply::no_cluster().into_response(&proxy.metrics, &destination, start, head_bytes);
+        return LocalReply::no_cluster().for_grpc(grpc).into_response(&proxy.metrics, &destination, start, head_bytes);
     };
     drop(snapshot);
     let (mut flags, mut timeout_from) = (ResponseFlags::NONE, start);
@@ -88,7 +92,7 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
             timeout_from = Instant::now();
         }
         if let Some(abort) = injection.abort {
-            let mut reply = fault_abort(abort);
+            let mut reply = fault_abort(abort).for_grpc(grpc);
             reply.flags |= flags;
             let labels = cluster.service_labels();
             return reply.into_response(cluster.metrics(), &labels, start, head_bytes);
@@ -101,7 +105,6 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
         Some(RequestHash::Hash(hash)) => (Some(hash), None),
         Some(RequestHash::NewCookie { hash, set_cookie }) => (Some(hash), Some(set_cookie)),
     };
-    let grpc = is_grpc(&req);
     let client_http2 = req.version() == Version::HTTP_2;
     let upgrade = upgrade::requested(&mut req);
     let route = overrides::apply(req.headers_mut(), &policy).unwrap_or(policy);
@@ -117,7 +120,10 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
         let copies = Box::pin(mirror::send_copies(mirrors, upstream_req, &route, head_bytes));
         upstream_req = match copies.await {
             Ok(req) => req,
-            Err(reply) => return reply.into_response(cluster.metrics(), &cluster.service_labels(), start, head_bytes),
+            Err(reply) => {
+                let reply = reply.for_grpc(grpc);
+                return reply.into_response(cluster.metrics(), &cluster.service_labels(), start, head_bytes);
+            }
         };
     }
     let ex = Exchange {
