@@ -35,7 +35,7 @@ const NOT_APPLIED: NotApplied = NotApplied {
     routes: &["tls"],
     policy_blocks: &["tunnel", "proxyProtocol", "retryBudget"],
     load_balancer: &["localityLbSetting", "zoneAwareLbSetting"],
-    connection_pool: &["h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams", "http2KeepAlive"],
+    connection_pool: &[],
     resolutions: &[
         (Resolution::None, "resolution NONE needs sidecar capture; no endpoints until then"),
         (Resolution::DnsRoundRobin, "not applied yet: resolution DNS_ROUND_ROBIN"),
@@ -163,9 +163,9 @@ mod tests {
         let spec = "host: a\ntrafficPolicy:\n  loadBalancer: {simple: RANDOM}\n  tunnel: {targetHost: a, targetPort: 80}\n  portLevelSettings:\n  - port: {number: 80}\n    tls: {mode: SIMPLE}\nsubsets:\n- name: v1\n  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, http: {h2UpgradePolicy: UPGRADE}}, loadBalancer: {consistentHash: {useSourceIp: true}, localityLbSetting: {enabled: false}}}";
         assert_eq!(
             unapplied(&object("DestinationRule", "a", spec)),
-            ["DestinationRule default/a: spec: not applied yet: trafficPolicy.tunnel, subsets.trafficPolicy.loadBalancer.localityLbSetting, subsets.trafficPolicy.connectionPool.http.h2UpgradePolicy"]
+            ["DestinationRule default/a: spec: not applied yet: trafficPolicy.tunnel, subsets.trafficPolicy.loadBalancer.localityLbSetting"]
         );
-        let applied = "host: a\ntrafficPolicy:\n  connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}\n  outlierDetection: {consecutive5xxErrors: 1}\n  loadBalancer: {consistentHash: {httpHeaderName: x}, warmupDurationSecs: 10s}";
+        let applied = "host: a\ntrafficPolicy:\n  connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1, h2UpgradePolicy: UPGRADE, maxConcurrentStreams: 10}}\n  outlierDetection: {consecutive5xxErrors: 1}\n  loadBalancer: {consistentHash: {httpHeaderName: x}, warmupDurationSecs: 10s}";
         assert!(unapplied(&object("DestinationRule", "a", applied)).is_empty());
         assert!(unapplied(&object("DestinationRule", "a", "host: a\ntrafficPolicy: {loadBalancer: {simple: RANDOM}}"))
             .is_empty());
