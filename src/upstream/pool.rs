@@ -147,13 +147,19 @@ pub struct PooledConn {
 
 /// A connection counted as open, cluster-wide and on its endpoint, until
 /// dropped (its driver task ended, or connecting failed).
-struct OpenConnection {
+struct OpenConnection<S: ConnectionClosed = State> {
     /// The cluster-wide count, released before a waiter is woken so that
     /// the waiter can take it.
     slot: Option<ConnectionSlot>,
     /// The endpoint's pool, to decrement its open count and wake a waiter;
     /// weak, as it may be gone (endpoint removed) before the connection.
-    pool: Weak<Mutex<State>>,
+    pool: Weak<Mutex<S>>,
+}
+
+/// A pool's state, told that one of its connections closed.
+trait ConnectionClosed {
+    /// Decrements the open count and wakes a waiter.
+    fn connection_closed(&mut self);
 }
 
 /// A checkout in the wait queue. Dropped (the request went away) after
@@ -349,13 +355,20 @@ impl ConnectionPool {
     }
 }
 
-/// The pool's state. Nothing panics while holding the lock, so a poisoned
-/// lock holds consistent state.
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+/// A pool's state (of either version). Nothing panics while holding the
+/// lock, so a poisoned lock holds consistent state.
+fn lock<S>(state: &Mutex<S>) -> MutexGuard<'_, S> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 // === impl State ===
+
+impl ConnectionClosed for State {
+    fn connection_closed(&mut self) {
+        self.open = self.open.saturating_sub(1);
+        self.wake(Wake::Closed);
+    }
+}
 
 impl State {
     /// Sends `wake` to the oldest waiter still waiting; returns it when
@@ -427,13 +440,11 @@ impl PooledConn {
 
 // === impl OpenConnection ===
 
-impl Drop for OpenConnection {
+impl<S: ConnectionClosed> Drop for OpenConnection<S> {
     fn drop(&mut self) {
         drop(self.slot.take());
         if let Some(state) = self.pool.upgrade() {
-            let mut state = lock(&state);
-            state.open = state.open.saturating_sub(1);
-            state.wake(Wake::Closed);
+            lock(&state).connection_closed();
         }
     }
 }

@@ -28,7 +28,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use hyper::client::conn::http2::SendRequest;
@@ -37,9 +37,9 @@ use tokio::time::Instant;
 
 use super::super::body::RequestBody;
 use super::super::connect::{connect_http2, ConnectError};
-use super::super::resources::{ClusterResources, ConnectionSlot, PendingSlot};
+use super::super::resources::{ClusterResources, PendingSlot};
 use super::super::tls::UpstreamTls;
-use super::PoolError;
+use super::{lock, ConnectionClosed, OpenConnection, PoolError};
 use crate::routing::PoolSettings;
 
 /// The HTTP/2 connections of one endpoint (on one worker).
@@ -97,14 +97,6 @@ pub struct Http2Stream {
     pub reused: bool,
 }
 
-/// A connection counted as open until dropped (its driver task ended, or
-/// connecting failed).
-struct OpenConnection {
-    /// The cluster-wide count, released before a waiter is woken.
-    slot: Option<ConnectionSlot>,
-    pool: Weak<Mutex<State>>,
-}
-
 /// A connection being opened: its streams are promised to waiters until
 /// it opens or fails (or the checkout opening it goes away).
 struct Opening {
@@ -115,7 +107,7 @@ struct Opening {
 
 enum Step {
     Stream(Http2Stream),
-    Connect(OpenConnection, Opening),
+    Connect(OpenConnection<State>, Opening),
     Wait(oneshot::Receiver<()>),
 }
 
@@ -240,13 +232,14 @@ impl Http2Pool {
     }
 }
 
-/// The pool's state. Nothing panics while holding the lock, so a poisoned
-/// lock holds consistent state.
-fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 // === impl State ===
+
+impl ConnectionClosed for State {
+    fn connection_closed(&mut self) {
+        self.open = self.open.saturating_sub(1);
+        self.wake();
+    }
+}
 
 impl State {
     /// Wakes the oldest waiter still waiting; `false` if there is none.
@@ -307,19 +300,6 @@ impl Drop for Http2Stream {
             }
         }
         state.wake();
-    }
-}
-
-// === impl OpenConnection ===
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        drop(self.slot.take());
-        if let Some(state) = self.pool.upgrade() {
-            let mut state = lock(&state);
-            state.open = state.open.saturating_sub(1);
-            state.wake();
-        }
     }
 }
 
