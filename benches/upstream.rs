@@ -34,6 +34,7 @@ fn cluster(lb: LbPolicy, n: u16, metrics: &std::sync::Arc<Metrics>) -> std::sync
             host: "bench".into(),
             name: "bench".into(),
             namespace: "ns".into(),
+            reporter: Default::default(),
         }),
         port: 80,
         subset: None,

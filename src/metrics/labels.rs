@@ -50,6 +50,10 @@ const fn tcp_labels() -> [&'static str; 23] {
 
 const UNKNOWN: &str = "unknown";
 
+/// The peer of inbound requests: meshd has no metadata exchange, so the
+/// calling workload is unknown.
+static UNKNOWN_PEER: std::sync::LazyLock<SourceLabels> = std::sync::LazyLock::new(SourceLabels::unknown);
+
 /// The proxy's own workload, from the pod's environment.
 #[derive(Clone, Debug)]
 pub struct SourceLabels {
@@ -62,10 +66,23 @@ pub struct SourceLabels {
     pub cluster: String,
 }
 
+/// Which proxy reports a request (Istio's `reporter` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Reporter {
+    /// The client's proxy (outbound, gateways): `source_*` is this
+    /// workload.
+    #[default]
+    Source,
+    /// The server's proxy (sidecar inbound capture): `destination_*` is
+    /// this workload, and `source_*` the unknown peer.
+    Destination,
+}
+
 /// The labels of one destination: a service and, when an endpoint was
 /// chosen, that endpoint's workload labels.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct DestinationLabels {
+    pub reporter: Reporter,
     pub service: String,
     pub service_name: String,
     pub service_namespace: String,
@@ -121,9 +138,18 @@ impl SourceLabels {
 // === impl DestinationLabels ===
 
 impl DestinationLabels {
+    /// The destination of `service`'s requests (no endpoint chosen).
+    pub fn of(service: &crate::routing::ServiceMeta) -> Self {
+        DestinationLabels {
+            reporter: service.reporter,
+            ..DestinationLabels::for_service(&service.host, &service.name, &service.namespace)
+        }
+    }
+
     /// A destination known only by its service (no endpoint chosen).
     pub fn for_service(host: &str, name: &str, namespace: &str) -> Self {
         DestinationLabels {
+            reporter: Reporter::Source,
             service: host.to_owned(),
             service_name: name.to_owned(),
             service_namespace: namespace.to_owned(),
@@ -169,8 +195,12 @@ pub fn values<'a>(
     grpc: Option<&'a str>,
     flags: &'a str,
 ) -> [&'a str; 25] {
+    let (reporter, source) = match destination.reporter {
+        Reporter::Source => ("source", source),
+        Reporter::Destination => ("destination", &*UNKNOWN_PEER),
+    };
     [
-        "source",
+        reporter,
         &source.workload,
         &source.canonical_service,
         &source.canonical_revision,

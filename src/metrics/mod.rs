@@ -21,7 +21,7 @@ mod labels;
 mod tcp;
 
 pub use clusters::{ClusterSample, ClusterStat, ClusterStatsSource};
-pub use labels::{DestinationLabels, SourceLabels};
+pub use labels::{DestinationLabels, Reporter, SourceLabels};
 pub use tcp::TcpClose;
 
 /// Envoy's default histogram buckets, used by Istio for all three request

@@ -10,6 +10,7 @@
 //! Request-time work is [`RouteTable::find`]: one hash lookup for the host
 //! (then wildcard suffixes), then the first matching route.
 
+use crate::metrics::Reporter;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -165,6 +166,9 @@ pub struct ServiceMeta {
     pub name: Arc<str>,
     /// `destination_service_namespace`: the ServiceEntry's namespace.
     pub namespace: Arc<str>,
+    /// Who reports the requests: `source` for the outbound clusters,
+    /// `destination` for the inbound ones of sidecar capture.
+    pub reporter: Reporter,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

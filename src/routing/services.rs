@@ -18,6 +18,7 @@ use crate::config::resources::{
     Labels, PortMap, PortProtocol, Resolution, Resource, ServiceEntry, ServicePort, Subset,
 };
 use crate::config::{host, Config, Problem};
+use crate::metrics::Reporter;
 
 use super::compile::{exported_to, precedence, warn};
 use super::dest_rule::{MergedRule, RuleIndex};
@@ -172,7 +173,7 @@ impl<'c> Registry<'c> {
 /// Kubernetes-style FQDN, else the host.
 pub(super) fn service_meta(fqdn: &str, namespace: &str) -> ServiceMeta {
     let name = host::kube_service(fqdn).map_or(fqdn, |(name, _)| name);
-    ServiceMeta { host: fqdn.into(), name: name.into(), namespace: namespace.into() }
+    ServiceMeta { host: fqdn.into(), name: name.into(), namespace: namespace.into(), reporter: Reporter::Source }
 }
 
 /// Inputs shared by the clusters of one service port.

@@ -124,8 +124,7 @@ impl Cluster {
     /// before any endpoint was tried.
     pub fn service_labels(&self) -> DestinationLabels {
         let state = self.state.load();
-        let s = &state.spec.service;
-        DestinationLabels::for_service(&s.host, &s.name, &s.namespace)
+        DestinationLabels::of(&state.spec.service)
     }
 
     /// Picks a healthy endpoint: by `hash` on the cluster's hash table when

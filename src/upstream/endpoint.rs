@@ -68,9 +68,7 @@ impl Endpoint {
         service: &ServiceMeta,
         metrics: &Arc<Metrics>,
     ) -> Self {
-        let destination =
-            crate::metrics::DestinationLabels::for_service(&service.host, &service.name, &service.namespace)
-                .with_endpoint(&labels);
+        let destination = crate::metrics::DestinationLabels::of(service).with_endpoint(&labels);
         Endpoint {
             addr,
             weight: weight.max(1),
