@@ -7,9 +7,9 @@
 //!   `namespace/name`; `mesh` (or no `gateways`) binds it to the sidecar
 //!   listeners only.
 //! - Of a bound VirtualService's hosts, those a server of that gateway on
-//!   the port accepts are served (`hosts` entries `host`, `*`, `*.suffix`;
-//!   a `namespace/` prefix is read as `*/`: meshd does not restrict by the
-//!   VirtualService's namespace yet).
+//!   the port admits are served, `hosts` entries restricting the
+//!   VirtualService's namespace with `ns/`, `./` or `*/`
+//!   ([`super::server_hosts`]).
 //! - Match blocks with `gateways` apply when they name this gateway.
 //! - Protocols `HTTP`, `HTTP2` and `GRPC` listen in clear text, `HTTPS`
 //!   with TLS ([`TlsServer`]); `TLS` and `TCP` servers are skipped with a
@@ -19,10 +19,11 @@
 use std::collections::BTreeMap;
 
 use crate::config::resources::{Gateway, Resource, ServerTlsSettings};
-use crate::config::{host, Config, Problem};
+use crate::config::{Config, Problem};
 
 use super::compile::{exported_to, warn, Claims};
 use super::routes::{binds, vs_routes, RouteContext};
+use super::server_hosts::{self, ServerHost};
 use super::services::Registry;
 use super::{HostIndex, RouteTable, VirtualHost};
 
@@ -97,7 +98,7 @@ fn listener(
         .iter()
         .filter(|(_, s)| https(s))
         .map(|(_, s)| TlsServer {
-            hosts: s.hosts.iter().map(|h| server_host(h).to_owned()).collect(),
+            hosts: s.hosts.iter().map(|h| server_hosts::name(h).to_owned()).collect(),
             settings: s.tls.clone().unwrap_or_default(),
         })
         .collect();
@@ -118,8 +119,9 @@ fn listener(
     for (vs_host, vs_index) in &claims.order {
         let vs = &config.virtual_services[*vs_index];
         let accepted = servers.servers.iter().any(|(key, s)| {
+            let gateway_namespace = key.split_once('/').map_or("", |(ns, _)| ns);
             vs.spec.gateways.iter().any(|g| binds(g, Some(key), &vs.meta.namespace))
-                && s.hosts.iter().any(|h| accepts(server_host(h), vs_host))
+                && s.hosts.iter().any(|h| ServerHost::parse(h, gateway_namespace).admits(&vs.meta.namespace, vs_host))
         });
         if !accepted {
             continue;
@@ -136,22 +138,6 @@ fn listener(
         }
     }
     GatewayListener { port, tls, https_redirect, table: RouteTable { hosts, virtual_hosts: vhosts } }
-}
-
-/// A server `hosts` entry without its namespace part.
-fn server_host(entry: &str) -> &str {
-    entry.split_once('/').map_or(entry, |(_, host)| host)
-}
-
-/// Whether a server accepting `pattern` serves the VirtualService host
-/// `vs_host` (either may be a wildcard).
-fn accepts(pattern: &str, vs_host: &str) -> bool {
-    let pattern = pattern.to_ascii_lowercase();
-    pattern == "*"
-        || vs_host == "*"
-        || pattern == vs_host
-        || host::covers(&pattern, vs_host)
-        || host::covers(vs_host, &pattern)
 }
 
 #[cfg(test)]
@@ -189,5 +175,30 @@ mod tests {
         assert_eq!(c.gateways[1].tls[0].hosts, ["shop.example.com"]);
         // The mesh does not serve the gateway-only host.
         assert!(matches!(c.table.find(&view("shop.example.com")), Lookup::NoVirtualHost));
+    }
+
+    /// Scenario: server hosts `shop/…` admit VirtualServices of namespace
+    /// `shop` only, `./…` those of the Gateway's namespace, `*/…` and
+    /// plain hosts those of any namespace.
+    #[test]
+    fn server_hosts_restrict_the_virtual_services_namespace() {
+        let servers = "  - port: {number: 8080, name: http, protocol: HTTP}\n    hosts: [\"shop/shop.example.com\", \"./own.example.com\", \"*/any.example.com\", plain.example.com]\n";
+        let bound = |name: &str, ns: &str, host: &str| {
+            vs(name, ns, &format!("  hosts: [{host}]\n  gateways: [default/web]\n  http:\n  - route: [{{destination: {{host: reviews.default.svc.cluster.local}}}}]\n"))
+        };
+        let yaml = gateway("web", servers)
+            + &bound("shop-in-shop", "shop", "shop.example.com")
+            + &bound("own-in-shop", "shop", "own.example.com")
+            + &bound("any-in-shop", "shop", "any.example.com")
+            + &bound("plain-in-shop", "shop", "plain.example.com");
+        let c = reviews(&yaml);
+        let served: Vec<&str> = c.gateways[0].table.virtual_hosts.iter().map(|v| &*v.name).collect();
+        assert_eq!(served, ["shop.example.com", "any.example.com", "plain.example.com"]);
+        let yaml = gateway("web", servers)
+            + &bound("shop-in-default", "default", "shop.example.com")
+            + &bound("own-in-default", "default", "own.example.com");
+        let c = reviews(&yaml);
+        let served: Vec<&str> = c.gateways[0].table.virtual_hosts.iter().map(|v| &*v.name).collect();
+        assert_eq!(served, ["own.example.com"]);
     }
 }

@@ -29,6 +29,7 @@ mod matcher;
 mod policy;
 pub mod retry;
 mod routes;
+mod server_hosts;
 mod services;
 mod tcp_routes;
 #[cfg(test)]
