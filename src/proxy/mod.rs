@@ -51,6 +51,7 @@ pub mod listener;
 mod local;
 mod mirror;
 mod overrides;
+pub mod passthrough;
 mod path;
 pub mod service;
 pub mod tcp;
