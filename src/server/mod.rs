@@ -204,8 +204,8 @@ impl RunningServer {
         for TcpListen { addr, host } in &options.tcp {
             let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: *addr, source })?;
             tcp_addrs.push(listener.local_addr().map_err(|source| StartError::Bind { addr: *addr, source })?);
-            let serve =
-                tcp::serve(listener, host.as_str().into(), proxy.clone(), shutdown_rx.clone(), options.drain_timeout);
+            let routing = tcp::Routing::Host(host.as_str().into());
+            let serve = tcp::serve(listener, routing, proxy.clone(), shutdown_rx.clone(), options.drain_timeout);
             listeners.spawn(serve);
         }
         let workers = match worker_sockets {
