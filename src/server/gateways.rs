@@ -73,8 +73,10 @@ impl GatewayListeners {
     /// ones no Gateway names any more (or whose protocol changed), and
     /// rebuilds every `HTTPS` port's TLS configuration from its files, so
     /// a reload (SIGHUP included) picks up rotated certificates; open
-    /// connections keep theirs.
-    pub fn reconcile(&mut self, wanted: &[GatewayListener]) {
+    /// connections keep theirs. A port drained because it changed is
+    /// opened anew once its old listener has let go of it.
+    pub async fn reconcile(&mut self, wanted: &[GatewayListener]) {
+        let mut drained = Vec::new();
         self.running.retain(|port, running| {
             let keep = wanted
                 .iter()
@@ -82,6 +84,7 @@ impl GatewayListeners {
             if !keep {
                 info!(addr = %running.addr, "Gateway port removed or changed; draining its listener");
                 running.stop.send_replace(true);
+                drained.push(*port);
             }
             keep
         });
@@ -102,15 +105,20 @@ impl GatewayListeners {
                         slot.store(Some(config));
                     }
                 }
-                None => self.open(gateway.port, gateway.kind, tls.map(|c| Arc::new(ArcSwapOption::new(Some(c))))),
+                None => {
+                    let tls = tls.map(|c| Arc::new(ArcSwapOption::new(Some(c))));
+                    self.open(gateway.port, gateway.kind, tls, drained.contains(&gateway.port)).await
+                }
             }
         }
     }
 
-    fn open(&mut self, port: u16, kind: PortKind, tls: Option<TlsConfig>) {
+    /// Opens `port`; `drained`: its previous listener was just told to
+    /// drain, and may hold the port a moment longer.
+    async fn open(&mut self, port: u16, kind: PortKind, tls: Option<TlsConfig>, drained: bool) {
         let Some(open) = self.open.upgrade() else { return };
         let addr = SocketAddr::new(self.bind, port);
-        let listener = match bind(addr) {
+        let listener = match bind_freed(addr, drained).await {
             Ok(listener) => listener,
             Err(error) => {
                 error!(%addr, %error, "cannot open the Gateway listener; the port is not served");
@@ -139,6 +147,29 @@ fn spawn(serve: impl std::future::Future<Output = ()> + Send + 'static, open: mp
         serve.await;
         drop(open);
     });
+}
+
+/// How long a port whose listener was just drained is waited for (its
+/// accept loop lets go of it as soon as it sees the drain, within a few
+/// milliseconds).
+const REBIND_WAIT: Duration = Duration::from_secs(1);
+
+/// Binds `addr`; if its previous listener was just `drained`, tries again
+/// while the port is in use, for up to [`REBIND_WAIT`].
+async fn bind_freed(addr: SocketAddr, drained: bool) -> std::io::Result<TcpListener> {
+    let deadline = tokio::time::Instant::now() + REBIND_WAIT;
+    loop {
+        match bind(addr) {
+            Err(error)
+                if drained
+                    && error.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            bound => return bound,
+        }
+    }
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
