@@ -3,8 +3,8 @@
 //! certificate, behind one `PASSTHROUGH` port; a client's SNI chooses the
 //! upstream, which terminates TLS itself (the client sees its
 //! certificate); an SNI no route names is closed; a `TCP` port relays to a
-//! plain TCP upstream; the passthrough port opens and closes with the
-//! configuration.
+//! plain TCP upstream; a Gateway port opens, changes kind and closes with
+//! the configuration.
 
 mod common;
 
@@ -210,28 +210,57 @@ async fn sni_chooses_the_upstream_without_terminating_and_tcp_ports_relay() {
     mesh.wait_metric("istio_tcp_connections_closed_total", &[("destination_service_name", "tcp-echo")], 1.0).await;
 }
 
-/// Scenario: the passthrough port opens when a reload adds the Gateway
-/// and closes when one removes it.
+/// Scenario: a Gateway port follows reloads (one reload each, no file
+/// watching): it opens as a `TCP` port when a reload adds it, serves TLS
+/// passthrough when the next turns it into a `PASSTHROUGH` server (its
+/// old listener drained and a new one bound on the same port), and closes
+/// when one removes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_passthrough_port_follows_reloads() {
+async fn a_gateway_port_follows_reloads_and_changes_kind() {
     let up = upstreams().await;
-    let tls_port = closed_port();
-    let mesh = Mesh::with(&up.services).await;
-    let tls_addr = SocketAddr::from(([127, 0, 0, 1], tls_port));
-    let client = up.pki.client(&[]);
-    assert!(TcpStream::connect(tls_addr).await.is_err(), "no Gateway, no port");
+    let port = closed_port();
+    let config = ConfigDir::with(&up.services);
+    let mut opts = options(config.path());
+    opts.watch = false;
+    let mesh = Mesh::start_with(config, opts).await;
+    mesh.wait_ready().await;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    assert!(TcpStream::connect(addr).await.is_err(), "no Gateway, no port");
+    let reloaded = &mesh;
+    let reload = move |yaml: String, n: f64| {
+        reloaded.config.write("reviews.yaml", &yaml);
+        reloaded.server().reload();
+        reloaded.wait_reloads("applied", n)
+    };
 
-    mesh.config.write("reviews.yaml", &(up.services.clone() + &edge_gateway(tls_port, None) + &sni_routes()));
-    let (leaf, answer) = wait_for("the passthrough port to open", Duration::from_secs(10), || {
+    let tcp_gateway = object(
+        "Gateway",
+        "edge",
+        NS,
+        &format!("servers:\n- port: {{number: {port}, name: tcp, protocol: TCP}}\n  hosts: [\"*\"]\n"),
+    );
+    let tcp_routes = object(
+        "VirtualService",
+        "echo",
+        NS,
+        "hosts: [\"*\"]\ngateways: [edge]\ntcp:\n- route: [{destination: {host: tcp-echo}}]\n",
+    );
+    reload(up.services.clone() + &tcp_gateway + &tcp_routes, 2.0).await;
+    let answer = wait_for("the TCP port to open", Duration::from_secs(5), || async {
+        tcp_exchange(addr, b"ping").await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(answer, "echo:ping");
+
+    reload(up.services.clone() + &edge_gateway(port, None) + &sni_routes(), 3.0).await;
+    let client = up.pki.client(&[]);
+    let (leaf, answer) = wait_for("the port to serve TLS passthrough", Duration::from_secs(5), || {
         let client = client.clone();
-        async move { tls_exchange(tls_addr, "b.example.com", client).await.map_err(|e| e.to_string()) }
+        async move { tls_exchange(addr, "b.example.com", client).await.map_err(|e| e.to_string()) }
     })
     .await;
     assert_eq!((leaf, answer.as_str()), (der_of(&up.b_cert), "B:hello"));
 
-    mesh.config.write("reviews.yaml", &up.services);
-    wait_until("the passthrough port to close", Duration::from_secs(10), || async {
-        TcpStream::connect(tls_addr).await.is_err()
-    })
-    .await;
+    reload(up.services.clone(), 4.0).await;
+    wait_until("the port to close", Duration::from_secs(5), || async { TcpStream::connect(addr).await.is_err() }).await;
 }
