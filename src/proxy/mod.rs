@@ -28,11 +28,13 @@
 //! - `actions`: a rule's redirect, direct response, CORS preflight and
 //!   fault abort replies, and the rewrite and header operations of a
 //!   forwarded request; `mirror`: fire-and-forget copies to mirror clusters.
-//! - `tcp`: TCP listeners bound to a host, routed by its `tcp` routes and
-//!   relayed byte for byte; `upgrade`: HTTP/1.1 `Upgrade`s (WebSocket)
-//!   tunnelled after the 101; `terminate`: TLS for Gateway `HTTPS`
-//!   servers (certificates by SNI); `xfcc`: `x-forwarded-client-cert`
-//!   from the client's certificate.
+//! - `tcp`: TCP listeners bound to a host, and Gateway `TCP` and TLS
+//!   passthrough ports, routed by `tcp` or `tls` routes and relayed byte
+//!   for byte; `passthrough`: the SNI of a ClientHello, peeked without
+//!   terminating; `upgrade`: HTTP/1.1 `Upgrade`s (WebSocket) tunnelled
+//!   after the 101; `terminate`: TLS for Gateway `HTTPS` servers
+//!   (certificates by SNI); `xfcc`: `x-forwarded-client-cert` from the
+//!   client's certificate.
 //! - `body`: the response body stream and the bookkeeping at its end;
 //!   `headers`, `path`: header and path handling; `listener`: accept loops.
 
@@ -52,6 +54,7 @@ pub mod listener;
 mod local;
 mod mirror;
 mod overrides;
+pub mod passthrough;
 mod path;
 pub mod service;
 pub mod tcp;

@@ -1,15 +1,24 @@
-//! TCP listeners (`--listen tcp://ADDR=HOST`): each connection is routed by
-//! the host's TCP routes ([`RouteTable::find_tcp`]) to a weighted
-//! destination, an endpoint is picked by the cluster's balancer, and bytes
-//! are copied both ways until both sides are done, a half-close passed on
-//! (`tokio::io::copy_bidirectional` shuts the other side's write half down
-//! when one side ends its stream).
+//! TCP listeners: `--listen tcp://ADDR=HOST`, routed by the host's TCP
+//! routes ([`RouteTable::find_tcp`]); a Gateway `TCP` port, routed by the
+//! `tcp` routes bound to it ([`GatewayListener::find_tcp`]); and a Gateway
+//! TLS passthrough port, routed by the `tls` routes bound to it
+//! ([`GatewayListener::find_tls`]) with the SNI of the ClientHello, peeked
+//! without terminating ([`passthrough`]). Each connection goes to a
+//! weighted destination, an endpoint is picked by the cluster's balancer,
+//! and bytes are copied both ways until both sides are done, a half-close
+//! passed on (`tokio::io::copy_bidirectional` shuts the other side's write
+//! half down when one side ends its stream). A passthrough connection's
+//! ClientHello is relayed like the rest: the upstream terminates TLS.
 //!
 //! Failures close the client's connection and are counted in
-//! `istio_tcp_connections_closed_total` with Envoy's flag: no route `NR`,
-//! an unknown cluster `NC`, no healthy endpoint `UH`, a failed connect `UF`.
+//! `istio_tcp_connections_closed_total` with Envoy's flag: no route `NR`
+//! (a passthrough connection whose first bytes are no ClientHello
+//! included, labelled with destination `unknown`), an unknown cluster
+//! `NC`, no healthy endpoint `UH`, a failed connect `UF`.
 //!
 //! [`RouteTable::find_tcp`]: crate::routing::RouteTable::find_tcp
+//! [`GatewayListener::find_tcp`]: crate::routing::GatewayListener::find_tcp
+//! [`GatewayListener::find_tls`]: crate::routing::GatewayListener::find_tls
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,17 +30,30 @@ use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
 use super::flags::ResponseFlags;
-use super::Proxy;
+use super::{passthrough, Proxy};
 use crate::metrics::{DestinationLabels, TcpClose};
-use crate::routing::ClusterRef;
+use crate::routing::{ClusterRef, Forward};
+use crate::snapshot::Snapshot;
 use crate::upstream::Cluster;
 
-/// Serves the TCP listener `listener`, bound to `host`, until `shutdown`
-/// turns true; then stops accepting and waits up to `drain_timeout` for
-/// the open connections to end.
+/// What a TCP listener's connections are routed by.
+#[derive(Debug, Clone)]
+pub enum Routing {
+    /// `--listen tcp://ADDR=HOST`: the host's `tcp` routes.
+    Host(Arc<str>),
+    /// A Gateway `TCP` port: the `tcp` routes bound to it.
+    GatewayTcp(u16),
+    /// A Gateway TLS passthrough port: the `tls` routes bound to it, by
+    /// the ClientHello's SNI.
+    GatewayTls(u16),
+}
+
+/// Serves the TCP listener `listener`, routed by `routing`, until
+/// `shutdown` turns true; then stops accepting and waits up to
+/// `drain_timeout` for the open connections to end.
 pub async fn serve(
     listener: TcpListener,
-    host: Arc<str>,
+    routing: Routing,
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
     drain_timeout: Duration,
@@ -52,7 +74,7 @@ pub async fn serve(
                 continue;
             }
         };
-        connections.spawn(relay(stream, host.clone(), proxy.clone()));
+        connections.spawn(relay(stream, routing.clone(), proxy.clone()));
     }
     drop(listener);
     let drained = tokio::time::timeout(drain_timeout, async { while connections.join_next().await.is_some() {} });
@@ -62,9 +84,19 @@ pub async fn serve(
 }
 
 /// Proxies one client connection.
-async fn relay(mut client: TcpStream, host: Arc<str>, proxy: Arc<Proxy>) {
+async fn relay(mut client: TcpStream, routing: Routing, proxy: Arc<Proxy>) {
     let Ok(local) = client.local_addr() else { return };
-    let cluster = match target(&proxy, &host, local) {
+    let sni = match routing {
+        Routing::GatewayTls(_) => match passthrough::server_name(&client).await {
+            Ok(sni) => sni,
+            Err(error) => {
+                debug!(%error, "TLS passthrough connection closed");
+                return refuse(&proxy, &no_route_labels("unknown"), ResponseFlags::NR);
+            }
+        },
+        Routing::Host(_) | Routing::GatewayTcp(_) => None,
+    };
+    let cluster = match target(&proxy, &routing, sni.as_deref(), local) {
         Ok(cluster) => cluster,
         Err((labels, flags)) => return refuse(&proxy, &labels, flags),
     };
@@ -96,19 +128,43 @@ async fn relay(mut client: TcpStream, host: Arc<str>, proxy: Arc<Proxy>) {
     metrics.tcp_closed(&labels, &TcpClose { flags, sent, received });
 }
 
-/// The cluster for a connection to `host` arriving at `local`, or the
-/// labels and flag to count its refusal with.
-fn target(proxy: &Proxy, host: &str, local: SocketAddr) -> Result<Arc<Cluster>, (DestinationLabels, ResponseFlags)> {
+/// The cluster for a connection arriving at `local` (whose ClientHello
+/// names `sni`, on a passthrough port), or the labels and flag to count
+/// its refusal with.
+fn target(
+    proxy: &Proxy,
+    routing: &Routing,
+    sni: Option<&str>,
+    local: SocketAddr,
+) -> Result<Arc<Cluster>, (DestinationLabels, ResponseFlags)> {
     let snapshot = proxy.snapshot.load();
-    let no_route = || (DestinationLabels::for_service(host, host, "unknown"), ResponseFlags::NR);
-    let route = snapshot.table.find_tcp(host, local).ok_or_else(no_route)?;
-    match &route.forward.pick(fastrand::u32(..)).ok_or_else(no_route)?.cluster {
+    let named = match routing {
+        Routing::Host(host) => host,
+        Routing::GatewayTcp(_) | Routing::GatewayTls(_) => sni.unwrap_or("unknown"),
+    };
+    let no_route = || (no_route_labels(named), ResponseFlags::NR);
+    let forward = route(&snapshot, routing, sni, local).ok_or_else(no_route)?;
+    match &forward.pick(fastrand::u32(..)).ok_or_else(no_route)?.cluster {
         ClusterRef::Known(id) => snapshot.clusters.get(id.0 as usize).cloned().ok_or_else(no_route),
         ClusterRef::Missing { service, .. } => {
             let labels = DestinationLabels::for_service(&service.host, &service.name, &service.namespace);
             Err((labels, ResponseFlags::NC))
         }
     }
+}
+
+/// The weighted destinations of the route a connection takes.
+fn route<'s>(snapshot: &'s Snapshot, routing: &Routing, sni: Option<&str>, local: SocketAddr) -> Option<&'s Forward> {
+    match routing {
+        Routing::Host(host) => snapshot.table.find_tcp(host, local).map(|r| &r.forward),
+        Routing::GatewayTcp(port) => snapshot.gateway(*port)?.find_tcp(local).map(|r| &r.forward),
+        Routing::GatewayTls(port) => snapshot.gateway(*port)?.find_tls(sni, local).map(|r| &r.forward),
+    }
+}
+
+/// The labels of a connection to `host` that found no route.
+fn no_route_labels(host: &str) -> DestinationLabels {
+    DestinationLabels::for_service(host, host, "unknown")
 }
 
 /// Counts a connection meshd closed without an upstream (it was counted

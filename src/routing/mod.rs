@@ -30,21 +30,24 @@ mod matcher;
 mod policy;
 pub mod retry;
 mod routes;
+mod server_hosts;
 mod services;
 mod tcp_routes;
 #[cfg(test)]
 mod testutil;
+mod tls_routes;
 
 pub use cluster_policy::{
     CircuitBreakers, ClusterPolicy, HashKey, HashPolicy, HashTableKind, Keepalive, LbPolicy, OutlierConfig,
     PoolSettings, UpstreamProtocol, Warmup, UNLIMITED,
 };
 pub use compile::compile;
-pub use gateways::{GatewayListener, TlsServer};
+pub use gateways::{GatewayListener, PortKind, TlsServer};
 pub use host_index::HostIndex;
 pub use matcher::RequestMatch;
 pub use policy::{resolve_policy, ResolvedPolicy};
 pub use tcp_routes::{L4Match, TcpRoute};
+pub use tls_routes::{SniMatch, TlsRoute};
 
 /// The output of [`compile`].
 #[derive(Debug)]

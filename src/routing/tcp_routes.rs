@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 
 use ipnet::IpNet;
 
-use crate::config::resources::{L4MatchAttributes, Resource, RouteDestination, VirtualService};
+use crate::config::resources::{L4MatchAttributes, Labels, Resource, RouteDestination, VirtualService};
 use crate::config::Problem;
 
 use super::compile::warn;
@@ -55,7 +55,8 @@ impl TcpRoute {
 // === impl L4Match ===
 
 impl L4Match {
-    fn matches(&self, local: SocketAddr) -> bool {
+    /// Whether a connection that arrived at `local` fits the block.
+    pub(super) fn matches(&self, local: SocketAddr) -> bool {
         self.port.map_or(true, |p| p == local.port())
             && (self.subnets.is_empty() || self.subnets.iter().any(|net| net.contains(&local.ip())))
     }
@@ -72,12 +73,12 @@ pub(super) fn vs_tcp_routes(
         let kept: Vec<&L4MatchAttributes> = rule
             .matches
             .iter()
-            .filter(|m| applies_to_proxy(m, &ctx.config.namespace, ctx.gateway, &vs.meta.namespace))
+            .filter(|m| applies(ctx, vs, &m.gateways, &m.source_labels, m.source_namespace.as_deref()))
             .collect();
         if !rule.matches.is_empty() && kept.is_empty() {
             continue;
         }
-        let matches = kept.into_iter().map(compile_match).collect();
+        let matches = kept.into_iter().map(|m| compile_l4(m.port, &m.destination_subnets)).collect();
         match destinations(ctx, vs, &rule.route) {
             Some(forward) => routes.push(TcpRoute { matches, forward }),
             None => warnings.push(warn(
@@ -114,24 +115,36 @@ fn tcp_port(service: &Service<'_>) -> Option<u16> {
     }
 }
 
-fn applies_to_proxy(m: &L4MatchAttributes, proxy_namespace: &str, gateway: Option<&str>, vs_namespace: &str) -> bool {
-    let gateway_ok = m.gateways.is_empty() || m.gateways.iter().any(|g| binds(g, gateway, vs_namespace));
-    let ns_ok = m.source_namespace.as_deref().map_or(true, |ns| ns == proxy_namespace);
-    gateway_ok && m.source_labels.is_empty() && ns_ok
+/// Whether a TCP or TLS match block with these config-time selectors
+/// applies to the listeners of `ctx` (`gateways` naming them; no
+/// `sourceLabels`, which a gateway or a sidecar without labels never has;
+/// `sourceNamespace` the proxy's).
+pub(super) fn applies(
+    ctx: &RouteContext<'_, '_>,
+    vs: &Resource<VirtualService>,
+    gateways: &[String],
+    source_labels: &Labels,
+    source_namespace: Option<&str>,
+) -> bool {
+    let gateway_ok = gateways.is_empty() || gateways.iter().any(|g| binds(g, ctx.gateway, &vs.meta.namespace));
+    let ns_ok = source_namespace.map_or(true, |ns| ns == ctx.config.namespace);
+    gateway_ok && source_labels.is_empty() && ns_ok
 }
 
-fn compile_match(m: &L4MatchAttributes) -> L4Match {
-    let subnets = m
-        .destination_subnets
+/// The runtime part of a match block: `port` and `destinationSubnets`
+/// (addresses or CIDRs; ones that do not parse, which validation refuses,
+/// are left out).
+pub(super) fn compile_l4(port: Option<u32>, subnets: &[String]) -> L4Match {
+    let subnets = subnets
         .iter()
         .filter_map(|s| s.parse::<IpNet>().ok().or_else(|| s.parse::<std::net::IpAddr>().ok().map(IpNet::from)))
         .collect();
-    L4Match { port: m.port.and_then(|p| u16::try_from(p).ok()), subnets }
+    L4Match { port: port.and_then(|p| u16::try_from(p).ok()), subnets }
 }
 
 /// The weighted destinations of a TCP rule: one destination takes
 /// everything; among several, zero and missing weights are dropped.
-fn destinations(
+pub(super) fn destinations(
     ctx: &RouteContext<'_, '_>,
     vs: &Resource<VirtualService>,
     route: &[RouteDestination],

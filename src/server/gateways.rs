@@ -2,9 +2,11 @@
 //!
 //! After every applied configuration [`GatewayListeners::reconcile`] opens
 //! a listener on `--gateway-bind-address` for each port a Gateway names
-//! that has none yet, and drains those whose port is gone. A port that
-//! cannot be bound is logged and skipped; the rest of the configuration
-//! serves. Each listener task holds a sender of one channel; the server's
+//! that has none yet, and drains those whose port is gone or now serves
+//! another kind (HTTP, TLS passthrough, TCP: [`PortKind`]). HTTP ports
+//! serve with [`listener::serve_on`], passthrough and TCP ports with
+//! [`tcp::serve`]. A port that cannot be bound is logged and skipped; the
+//! rest of the configuration serves. Each listener task holds a sender of one channel; the server's
 //! shutdown waits until the last is dropped, so Gateway listeners drain
 //! like the others on SIGTERM.
 
@@ -21,8 +23,8 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
 use crate::proxy::listener::TlsConfig;
-use crate::proxy::{listener, terminate, Proxy};
-use crate::routing::GatewayListener;
+use crate::proxy::{listener, tcp, terminate, Proxy};
+use crate::routing::{GatewayListener, PortKind};
 
 /// The open Gateway listeners and what opening another needs.
 pub struct GatewayListeners {
@@ -45,6 +47,8 @@ pub struct GatewayListeners {
 /// One open Gateway listener.
 struct Running {
     addr: SocketAddr,
+    /// What it serves: a port whose kind changes is opened anew.
+    kind: PortKind,
     /// Drains this listener alone.
     stop: watch::Sender<bool>,
     /// `HTTPS`: the configuration new connections take; `None` in clear.
@@ -69,13 +73,18 @@ impl GatewayListeners {
     /// ones no Gateway names any more (or whose protocol changed), and
     /// rebuilds every `HTTPS` port's TLS configuration from its files, so
     /// a reload (SIGHUP included) picks up rotated certificates; open
-    /// connections keep theirs.
-    pub fn reconcile(&mut self, wanted: &[GatewayListener]) {
+    /// connections keep theirs. A port drained because it changed is
+    /// opened anew once its old listener has let go of it.
+    pub async fn reconcile(&mut self, wanted: &[GatewayListener]) {
+        let mut drained = Vec::new();
         self.running.retain(|port, running| {
-            let keep = wanted.iter().any(|g| g.port == *port && g.tls.is_empty() == running.tls.is_none());
+            let keep = wanted
+                .iter()
+                .any(|g| g.port == *port && g.kind == running.kind && g.tls.is_empty() == running.tls.is_none());
             if !keep {
                 info!(addr = %running.addr, "Gateway port removed or changed; draining its listener");
                 running.stop.send_replace(true);
+                drained.push(*port);
             }
             keep
         });
@@ -96,15 +105,20 @@ impl GatewayListeners {
                         slot.store(Some(config));
                     }
                 }
-                None => self.open(gateway.port, tls.map(|c| Arc::new(ArcSwapOption::new(Some(c))))),
+                None => {
+                    let tls = tls.map(|c| Arc::new(ArcSwapOption::new(Some(c))));
+                    self.open(gateway.port, gateway.kind, tls, drained.contains(&gateway.port)).await
+                }
             }
         }
     }
 
-    fn open(&mut self, port: u16, tls: Option<TlsConfig>) {
+    /// Opens `port`; `drained`: its previous listener was just told to
+    /// drain, and may hold the port a moment longer.
+    async fn open(&mut self, port: u16, kind: PortKind, tls: Option<TlsConfig>, drained: bool) {
         let Some(open) = self.open.upgrade() else { return };
         let addr = SocketAddr::new(self.bind, port);
-        let listener = match bind(addr) {
+        let listener = match bind_freed(addr, drained).await {
             Ok(listener) => listener,
             Err(error) => {
                 error!(%addr, %error, "cannot open the Gateway listener; the port is not served");
@@ -114,14 +128,47 @@ impl GatewayListeners {
         let bound = listener.local_addr().unwrap_or(addr);
         let (stop, stopped) = watch::channel(false);
         let drain = either(self.shutdown.clone(), stopped);
-        let serve =
-            listener::serve_on(listener, Some(port), tls.clone(), self.proxy.clone(), drain, self.drain_timeout);
-        tokio::spawn(async move {
-            serve.await;
-            drop(open);
-        });
-        info!(addr = %bound, https = tls.is_some(), "Gateway listener open");
-        self.running.insert(port, Running { addr: bound, stop, tls });
+        let (proxy, timeout) = (self.proxy.clone(), self.drain_timeout);
+        match kind {
+            PortKind::Http => spawn(listener::serve_on(listener, Some(port), tls.clone(), proxy, drain, timeout), open),
+            PortKind::TlsPassthrough => {
+                spawn(tcp::serve(listener, tcp::Routing::GatewayTls(port), proxy, drain, timeout), open)
+            }
+            PortKind::Tcp => spawn(tcp::serve(listener, tcp::Routing::GatewayTcp(port), proxy, drain, timeout), open),
+        }
+        info!(addr = %bound, ?kind, https = tls.is_some(), "Gateway listener open");
+        self.running.insert(port, Running { addr: bound, kind, stop, tls });
+    }
+}
+
+/// Runs a listener's `serve`, holding `open` until it has drained.
+fn spawn(serve: impl std::future::Future<Output = ()> + Send + 'static, open: mpsc::Sender<()>) {
+    tokio::spawn(async move {
+        serve.await;
+        drop(open);
+    });
+}
+
+/// How long a port whose listener was just drained is waited for (its
+/// accept loop lets go of it as soon as it sees the drain, within a few
+/// milliseconds).
+const REBIND_WAIT: Duration = Duration::from_secs(1);
+
+/// Binds `addr`; if its previous listener was just `drained`, tries again
+/// while the port is in use, for up to [`REBIND_WAIT`].
+async fn bind_freed(addr: SocketAddr, drained: bool) -> std::io::Result<TcpListener> {
+    let deadline = tokio::time::Instant::now() + REBIND_WAIT;
+    loop {
+        match bind(addr) {
+            Err(error)
+                if drained
+                    && error.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await
+            }
+            bound => return bound,
+        }
     }
 }
 

@@ -204,8 +204,8 @@ impl RunningServer {
         for TcpListen { addr, host } in &options.tcp {
             let listener = TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr: *addr, source })?;
             tcp_addrs.push(listener.local_addr().map_err(|source| StartError::Bind { addr: *addr, source })?);
-            let serve =
-                tcp::serve(listener, host.as_str().into(), proxy.clone(), shutdown_rx.clone(), options.drain_timeout);
+            let routing = tcp::Routing::Host(host.as_str().into());
+            let serve = tcp::serve(listener, routing, proxy.clone(), shutdown_rx.clone(), options.drain_timeout);
             listeners.spawn(serve);
         }
         let workers = match worker_sockets {
@@ -228,7 +228,7 @@ impl RunningServer {
             options.drain_timeout,
             gateways_open.downgrade(),
         );
-        gateways.reconcile(&proxy.snapshot.load().gateways);
+        gateways.reconcile(&proxy.snapshot.load_full().gateways).await;
         let reload = Arc::new(Notify::new());
         background.spawn(gateways::watch_certificates(
             proxy.snapshot.clone(),
@@ -313,11 +313,11 @@ async fn reload_task(
         tokio::time::sleep(DEBOUNCE).await;
         match reloader.reload().await {
             Outcome::Applied { .. } => {
-                gateways.reconcile(&admin.snapshot.load().gateways);
+                gateways.reconcile(&admin.snapshot.load_full().gateways).await;
                 admin.ready.store(true, Ordering::Release)
             }
             // Same configuration: certificates may still have been rotated.
-            Outcome::Unchanged => gateways.reconcile(&admin.snapshot.load().gateways),
+            Outcome::Unchanged => gateways.reconcile(&admin.snapshot.load_full().gateways).await,
             Outcome::Rejected { problems } => {
                 warn!(problems = problems.len(), "reload refused");
             }

@@ -17,6 +17,9 @@ struct NotApplied {
     http_route_fields: bool,
     /// VirtualService route lists.
     routes: &'static [&'static str],
+    /// VirtualService route lists applied on Gateway listeners only:
+    /// named for a VirtualService bound to no Gateway.
+    gateway_routes: &'static [&'static str],
     /// TrafficPolicy blocks, at the top level, in `portLevelSettings` and
     /// in subsets alike.
     policy_blocks: &'static [&'static str],
@@ -32,7 +35,8 @@ struct NotApplied {
 
 const NOT_APPLIED: NotApplied = NotApplied {
     http_route_fields: true,
-    routes: &["tls"],
+    routes: &[],
+    gateway_routes: &["tls"],
     policy_blocks: &["tunnel", "proxyProtocol", "retryBudget"],
     load_balancer: &["localityLbSetting", "zoneAwareLbSetting"],
     connection_pool: &[],
@@ -52,7 +56,11 @@ pub(super) fn collect(config: &Config) -> Vec<Problem> {
         if NOT_APPLIED.http_route_fields {
             fields.extend(vs.spec.http.iter().flat_map(|rule| rule.unapplied_fields()).map(|f| format!("http.{f}")));
         }
-        fields.extend(present(&json(&vs.spec), NOT_APPLIED.routes, ""));
+        let spec = json(&vs.spec);
+        fields.extend(present(&spec, NOT_APPLIED.routes, ""));
+        if vs.spec.gateways.iter().all(|g| g == "mesh") {
+            fields.extend(present(&spec, NOT_APPLIED.gateway_routes, ""));
+        }
         warn_fields(vs, fields, &mut out);
     }
     for dr in &config.destination_rules {
@@ -156,6 +164,8 @@ mod tests {
         );
         assert!(unapplied(&object("VirtualService", "a", "hosts: [a]\nhttp:\n- route:\n  - destination: {host: a}"))
             .is_empty());
+        let on_gateway = "hosts: [a.example.com]\ngateways: [edge]\ntls:\n- match: [{sniHosts: [a.example.com]}]\n  route:\n  - destination: {host: a}";
+        assert!(unapplied(&object("VirtualService", "a", on_gateway)).is_empty(), "tls routes apply on Gateways");
     }
 
     #[test]
