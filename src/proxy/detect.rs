@@ -48,6 +48,52 @@ pub async fn detect(stream: &TcpStream) -> io::Result<Option<Protocol>> {
     }
 }
 
+/// What a captured connection's first bytes say (sidecar capture sniffs
+/// every connection, as Envoy's `http_inspector` does).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniffed {
+    Http(Protocol),
+    /// Not HTTP (TLS, a database protocol…): proxied as TCP.
+    Opaque,
+}
+
+/// Longest HTTP method token meshd waits for before deciding the bytes are
+/// not HTTP.
+const MAX_METHOD: usize = 20;
+
+/// Waits for the client's first bytes and tells HTTP/1.1 (a request line:
+/// a method token and a space) and h2c (the preface) from anything else;
+/// `None` when the client closed without sending any. Nothing is consumed.
+pub async fn sniff(stream: &TcpStream) -> io::Result<Option<Sniffed>> {
+    let mut buf = [0u8; PREFACE.len()];
+    let mut backoff = Duration::from_millis(1);
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if let Some(sniffed) = sniff_bytes(&buf[..n]) {
+            return Ok(Some(sniffed));
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// [`sniff`]'s decision on `bytes`, or `None` while more are needed.
+fn sniff_bytes(bytes: &[u8]) -> Option<Sniffed> {
+    match classify(bytes)? {
+        Protocol::Http2 => return Some(Sniffed::Http(Protocol::Http2)),
+        Protocol::Http1 => {}
+    }
+    let token = bytes.iter().take_while(|b| b.is_ascii_uppercase() || **b == b'-' || **b == b'_').count();
+    match bytes.get(token) {
+        None if token < MAX_METHOD => None,
+        Some(b' ') if token > 0 => Some(Sniffed::Http(Protocol::Http1)),
+        _ => Some(Sniffed::Opaque),
+    }
+}
+
 /// The protocol of a connection whose first bytes are `bytes`, or `None`
 /// while they are a strict prefix of the preface.
 fn classify(bytes: &[u8]) -> Option<Protocol> {
@@ -76,6 +122,19 @@ mod tests {
         assert_eq!(classify(PREFACE), Some(Protocol::Http2));
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04"), Some(Protocol::Http2));
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"), Some(Protocol::Http1));
+    }
+
+    #[test]
+    fn sniffs_http_from_other_protocols() {
+        let http1 = Some(Sniffed::Http(Protocol::Http1));
+        assert_eq!(sniff_bytes(b"GET / HTTP/1.1\r\n"), http1);
+        assert_eq!(sniff_bytes(b"M-SEARCH * HTTP/1.1"), http1);
+        assert_eq!(sniff_bytes(PREFACE), Some(Sniffed::Http(Protocol::Http2)));
+        assert_eq!(sniff_bytes(b"GE"), None, "a method's start: wait");
+        assert_eq!(sniff_bytes(b"\x16\x03\x01\x02\x00\x01"), Some(Sniffed::Opaque), "a TLS ClientHello");
+        assert_eq!(sniff_bytes(b"\x00\x00\x00\x08\x04\xd2\x16\x2f"), Some(Sniffed::Opaque));
+        assert_eq!(sniff_bytes(b"get / HTTP/1.1"), Some(Sniffed::Opaque), "methods are upper case");
+        assert_eq!(sniff_bytes(b" GET"), Some(Sniffed::Opaque));
     }
 
     /// A preface sent in two pieces is waited for, and nothing is consumed.

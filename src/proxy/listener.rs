@@ -91,7 +91,7 @@ pub async fn serve_on(
             // Replaced after the handshake on TLS connections.
             Some(_) => ForwardClientCert::Sanitize,
         };
-        let downstream = Downstream { peer, scheme, gateway, client_cert };
+        let downstream = Downstream { peer, scheme, gateway, client_cert, capture: None };
         let proxy_for_conn = proxy.clone();
         let (servers, open, shutdown) = (servers.clone(), open.clone(), shutdown.clone());
         let gauge = proxy.metrics.downstream_connections.clone();
@@ -119,6 +119,20 @@ pub async fn serve_on(
     }
 }
 
+/// Serves HTTP on a connection whose first bytes said `protocol` (sidecar
+/// capture sniffs before it knows the connection is HTTP), until it closes
+/// or a drain ends it.
+pub async fn serve_sniffed(
+    servers: &Servers,
+    stream: TcpStream,
+    protocol: Protocol,
+    proxy: Arc<Proxy>,
+    downstream: Downstream,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), hyper::Error> {
+    servers.serve_http(stream, protocol, request_service(proxy, downstream), shutdown).await
+}
+
 /// The request path as one connection's service.
 ///
 /// The request future is boxed: hyper keeps a slot of the service
@@ -135,7 +149,7 @@ fn request_service(proxy: Arc<Proxy>, downstream: Downstream) -> impl HttpServic
 
 /// The HTTP/1 and HTTP/2 server settings every connection of a listener
 /// shares.
-struct Servers {
+pub struct Servers {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
 }
@@ -143,7 +157,7 @@ struct Servers {
 // === impl Servers ===
 
 impl Servers {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let mut http1 = http1::Builder::new();
         // No per-request header-read timer: like Envoy's default
         // (`request_headers_timeout` unset), and it would arm a boxed timer

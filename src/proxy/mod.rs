@@ -44,7 +44,8 @@ use arc_swap::ArcSwap;
 
 mod actions;
 pub mod body;
-mod detect;
+pub mod capture;
+pub mod detect;
 mod exchange;
 pub mod flags;
 mod forward;

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use super::actions::{direct_reply, fault_abort, https_redirect, preflight_reply, redirect_reply, rewrite};
 use super::body::{BodyBytes, ProxyBody, RequestBytes};
+use super::capture::Captured;
 use super::exchange::{self, Exchange};
 use super::hash_key::{self, RequestHash};
 use super::headers;
@@ -37,6 +38,8 @@ pub struct Downstream {
     pub gateway: Option<u16>,
     /// What happens to `x-forwarded-client-cert`, decided at the handshake.
     pub client_cert: ForwardClientCert,
+    /// Set on connections the sidecar listeners captured.
+    pub capture: Option<Arc<Captured>>,
 }
 
 /// A local reply instead of a route, with the destination its metrics are
@@ -45,8 +48,7 @@ type Refusal = Box<(LocalReply, DestinationLabels)>;
 
 /// What routing chose for a request that is forwarded.
 struct Chosen {
-    /// Index of the cluster in the snapshot.
-    cluster: usize,
+    cluster: Target,
     policy: Arc<RoutePolicy>,
     /// The rule's fault, rewrite and header operations; `None` on plain
     /// routes.
@@ -54,6 +56,15 @@ struct Chosen {
     /// The mirror clusters sampled for this request (empty, and not
     /// allocated, on most routes).
     mirrors: Vec<Arc<Cluster>>,
+}
+
+/// The cluster a request is forwarded to.
+enum Target {
+    /// Index of a cluster in the snapshot.
+    Index(usize),
+    /// A cluster outside the configuration (sidecar capture's passthrough
+    /// and inbound clusters).
+    Cluster(Arc<Cluster>),
 }
 
 /// Handles one request; never fails (errors become local replies).
@@ -65,7 +76,7 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
     let snapshot = proxy.snapshot.load();
     let head_bytes = request_head_bytes(&req);
     let grpc = is_grpc(&req);
-    let Chosen { cluster: index, policy, mutations, mirrors } = match route(&snapshot, &downstream, &req) {
+    let Chosen { cluster: target, policy, mutations, mirrors } = match route(&snapshot, &downstream, &req, &proxy) {
         Ok(chosen) => chosen,
         Err(refusal) => {
             let (reply, destination) = *refusal;
@@ -75,7 +86,11 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
             return reply.for_grpc(grpc).into_response(&proxy.metrics, &destination, start, head_bytes);
         }
     };
-    let Some(cluster) = snapshot.clusters.get(index).cloned() else {
+    let cluster = match target {
+        Target::Index(index) => snapshot.clusters.get(index).cloned(),
+        Target::Cluster(cluster) => Some(cluster),
+    };
+    let Some(cluster) = cluster else {
         let destination = DestinationLabels::for_service("unknown", "unknown", "unknown");
         return LocalReply::no_cluster().for_grpc(grpc).into_response(&proxy.metrics, &destination, start, head_bytes);
     };
@@ -145,16 +160,31 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
 
 /// Finds the cluster for `req`, or the local reply to send instead (with
 /// the destination its metrics are recorded against).
-fn route(snapshot: &Snapshot, downstream: &Downstream, req: &Request<Incoming>) -> Result<Chosen, Refusal> {
+fn route(
+    snapshot: &Snapshot,
+    downstream: &Downstream,
+    req: &Request<Incoming>,
+    proxy: &Proxy,
+) -> Result<Chosen, Refusal> {
+    if let Some(captured) = &downstream.capture {
+        if let Some(app) = captured.app() {
+            return Ok(Chosen::to(app.clone(), captured.policy.clone()));
+        }
+    }
     let Some(authority) = authority(req) else {
         let unknown = DestinationLabels::for_service("unknown", "unknown", "unknown");
         return Err(Box::new((LocalReply::bad_request("missing host header"), unknown)));
+    };
+    let scheme_port = if downstream.scheme == "https" { 443 } else { 80 };
+    let port = match &downstream.capture {
+        Some(captured) => captured.original.port(),
+        None => host::split_port(authority).1.unwrap_or(scheme_port),
     };
     let view = RequestView {
         method: req.method(),
         scheme: downstream.scheme,
         authority,
-        port: host::split_port(authority).1.unwrap_or(if downstream.scheme == "https" { 443 } else { 80 }),
+        port,
         path: req.uri().path(),
         query: req.uri().query(),
         headers: req.headers(),
@@ -171,8 +201,25 @@ fn route(snapshot: &Snapshot, downstream: &Downstream, req: &Request<Incoming>) 
             None => return Err(local(LocalReply::no_route())),
         },
     };
-    let (route, forward) = match table.find(&view) {
-        Lookup::NoVirtualHost | Lookup::NoRoute(_) => return Err(local(LocalReply::no_route())),
+    let lookup = match (table.find(&view), &downstream.capture) {
+        // Captured traffic finds only the hosts of its port's route table.
+        (Lookup::Route(vhost, _) | Lookup::NoRoute(vhost), Some(_)) if !vhost.serves_port(port) => {
+            Lookup::NoVirtualHost
+        }
+        (lookup, _) => lookup,
+    };
+    let (route, forward) = match lookup {
+        Lookup::NoVirtualHost => match &downstream.capture {
+            Some(captured) => {
+                let (host, _) = host::split_port(authority);
+                return match captured.unmatched(host, &proxy.metrics) {
+                    Ok(cluster) => Ok(Chosen::to(cluster, captured.policy.clone())),
+                    Err((reply, labels)) => Err(Box::new((reply, labels))),
+                };
+            }
+            None => return Err(local(LocalReply::no_route())),
+        },
+        Lookup::NoRoute(_) => return Err(local(LocalReply::no_route())),
         Lookup::Route(_, route) => match &route.action {
             Action::Forward(forward) => (route, forward),
             Action::Redirect(redirect) => return Err(local(redirect_reply(redirect, &view, route.extras.as_deref()))),
@@ -198,12 +245,21 @@ fn route(snapshot: &Snapshot, downstream: &Downstream, req: &Request<Incoming>) 
             };
             let mutations = (!mutations.is_empty()).then(|| Box::new(mutations));
             let mirrors = route.extras.as_ref().map(|e| sample_mirrors(snapshot, &e.mirrors)).unwrap_or_default();
-            Ok(Chosen { cluster: id.0 as usize, policy: forward.policy.clone(), mutations, mirrors })
+            Ok(Chosen { cluster: Target::Index(id.0 as usize), policy: forward.policy.clone(), mutations, mirrors })
         }
         ClusterRef::Missing { service, .. } => {
             let labels = DestinationLabels::for_service(&service.host, &service.name, &service.namespace);
             Err(Box::new((LocalReply::no_cluster(), labels)))
         }
+    }
+}
+
+// === impl Chosen ===
+
+impl Chosen {
+    /// Every request to `cluster` with `policy`, nothing else applied.
+    fn to(cluster: Arc<Cluster>, policy: Arc<RoutePolicy>) -> Self {
+        Chosen { cluster: Target::Cluster(cluster), policy, mutations: None, mirrors: Vec::new() }
     }
 }
 

@@ -31,7 +31,7 @@ use tracing::{debug, warn};
 
 use super::flags::ResponseFlags;
 use super::{passthrough, Proxy};
-use crate::metrics::{DestinationLabels, TcpClose};
+use crate::metrics::{DestinationLabels, Metrics, TcpClose};
 use crate::routing::{ClusterRef, Forward};
 use crate::snapshot::Snapshot;
 use crate::upstream::Cluster;
@@ -84,24 +84,28 @@ pub async fn serve(
 }
 
 /// Proxies one client connection.
-async fn relay(mut client: TcpStream, routing: Routing, proxy: Arc<Proxy>) {
+async fn relay(client: TcpStream, routing: Routing, proxy: Arc<Proxy>) {
     let Ok(local) = client.local_addr() else { return };
     let sni = match routing {
         Routing::GatewayTls(_) => match passthrough::server_name(&client).await {
             Ok(sni) => sni,
             Err(error) => {
                 debug!(%error, "TLS passthrough connection closed");
-                return refuse(&proxy, &no_route_labels("unknown"), ResponseFlags::NR);
+                return refuse(&proxy.metrics, &no_route_labels("unknown"), ResponseFlags::NR);
             }
         },
         Routing::Host(_) | Routing::GatewayTcp(_) => None,
     };
-    let cluster = match target(&proxy, &routing, sni.as_deref(), local) {
-        Ok(cluster) => cluster,
-        Err((labels, flags)) => return refuse(&proxy, &labels, flags),
-    };
+    match target(&proxy, &routing, sni.as_deref(), local) {
+        Ok(cluster) => relay_to(client, &cluster).await,
+        Err((labels, flags)) => refuse(&proxy.metrics, &labels, flags),
+    }
+}
+
+/// Proxies one client connection to an endpoint of `cluster`.
+pub async fn relay_to(mut client: TcpStream, cluster: &Cluster) {
     let Some(picked) = cluster.pick(None, &[]) else {
-        return refuse(&proxy, &cluster.service_labels(), ResponseFlags::UH);
+        return refuse(cluster.metrics(), &cluster.service_labels(), ResponseFlags::UH);
     };
     let endpoint = picked.endpoint;
     let labels = endpoint.metrics.labels().clone();
@@ -131,7 +135,7 @@ async fn relay(mut client: TcpStream, routing: Routing, proxy: Arc<Proxy>) {
 /// The cluster for a connection arriving at `local` (whose ClientHello
 /// names `sni`, on a passthrough port), or the labels and flag to count
 /// its refusal with.
-fn target(
+pub fn target(
     proxy: &Proxy,
     routing: &Routing,
     sni: Option<&str>,
@@ -169,7 +173,7 @@ fn no_route_labels(host: &str) -> DestinationLabels {
 
 /// Counts a connection meshd closed without an upstream (it was counted
 /// neither opened nor anything else yet).
-fn refuse(proxy: &Proxy, labels: &DestinationLabels, flags: ResponseFlags) {
-    proxy.metrics.tcp_opened(labels);
-    proxy.metrics.tcp_closed(labels, &TcpClose { flags: &flags.as_str(), sent: 0, received: 0 });
+pub fn refuse(metrics: &Metrics, labels: &DestinationLabels, flags: ResponseFlags) {
+    metrics.tcp_opened(labels);
+    metrics.tcp_closed(labels, &TcpClose { flags: &flags.as_str(), sent: 0, received: 0 });
 }

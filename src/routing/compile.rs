@@ -63,7 +63,8 @@ pub fn compile(config: &Config) -> Compiled {
             .map(|vs| tcp_routes_of(vs, port, &mut warnings))
             .filter(|tcp| !tcp.is_empty())
             .unwrap_or_else(|| default_tcp_route(&registry, service).into_iter().collect());
-        vhosts.push(VirtualHost { name: service.host.clone(), routes, tcp });
+        let ports = service.ports.iter().map(|(number, _)| *number).collect();
+        vhosts.push(VirtualHost { name: service.host.clone(), routes, tcp, ports });
         let mut aliases = host::aliases(&service.host, &config.namespace).into_iter();
         domains.extend(aliases.next().map(|canonical| (canonical, index, true)));
         domains.extend(aliases.map(|alias| (alias, index, false)));
@@ -84,7 +85,7 @@ pub fn compile(config: &Config) -> Compiled {
             continue;
         }
         let index = vhosts.len();
-        vhosts.push(VirtualHost { name: vs_host.as_str().into(), routes, tcp });
+        vhosts.push(VirtualHost { name: vs_host.as_str().into(), routes, tcp, ports: Vec::new() });
         domains.push((vs_host.clone(), index, true));
         if !vs_host.starts_with('*') && vs_host.ends_with(host::CLUSTER_DOMAIN) {
             let aliases = host::aliases(vs_host, &config.namespace).into_iter().skip(1);

@@ -254,7 +254,7 @@ fn http_listener(
             continue;
         }
         let index = vhosts.len();
-        vhosts.push(VirtualHost { name: vs_host.as_str().into(), routes, tcp: Vec::new() });
+        vhosts.push(VirtualHost { name: vs_host.as_str().into(), routes, tcp: Vec::new(), ports: Vec::new() });
         if !hosts.insert(vs_host, index) {
             vhosts.pop();
         }

@@ -83,6 +83,10 @@ pub struct VirtualHost {
     /// Ordered TCP routes, for connections on a TCP listener bound to this
     /// host (empty for most hosts).
     pub tcp: Vec<TcpRoute>,
+    /// The service's ports (empty for a host outside the registry: any
+    /// port). Captured traffic to another port does not take this host
+    /// (Istio builds one route table per port).
+    pub ports: Vec<u16>,
 }
 
 /// One Envoy route: a single match block of an Istio HTTPRoute (an
@@ -235,6 +239,13 @@ impl RouteTable {
             Some(route) => Lookup::Route(vhost, route),
             None => Lookup::NoRoute(vhost),
         }
+    }
+}
+
+impl VirtualHost {
+    /// Whether traffic to `port` may take this host.
+    pub fn serves_port(&self, port: u16) -> bool {
+        self.ports.is_empty() || self.ports.contains(&port)
     }
 }
 

@@ -161,7 +161,8 @@ mod tests {
 
     fn set(weights: &[u32]) -> EndpointSet {
         let metrics = Metrics::new(SourceLabels::unknown()).unwrap();
-        let service = ServiceMeta { host: "h".into(), name: "h".into(), namespace: "ns".into(), reporter: Default::default() };
+        let service =
+            ServiceMeta { host: "h".into(), name: "h".into(), namespace: "ns".into(), reporter: Default::default() };
         let endpoints = weights
             .iter()
             .enumerate()
@@ -227,7 +228,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn slow_start_ramps_a_new_endpoint_up() {
         let metrics = Metrics::new(SourceLabels::unknown()).unwrap();
-        let service = ServiceMeta { host: "h".into(), name: "h".into(), namespace: "ns".into(), reporter: Default::default() };
+        let service =
+            ServiceMeta { host: "h".into(), name: "h".into(), namespace: "ns".into(), reporter: Default::default() };
         let old = Arc::new(Endpoint::new("127.0.0.1:1".parse().unwrap(), 1, Default::default(), &service, &metrics));
         let new = Arc::new(
             Endpoint::new("127.0.0.1:2".parse().unwrap(), 1, Default::default(), &service, &metrics)

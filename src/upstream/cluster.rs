@@ -26,7 +26,7 @@ use super::stats::{self, Membership, RouterStats};
 use super::tls::UpstreamTls;
 use super::{dns, sweep};
 use crate::metrics::{ClusterSample, DestinationLabels, Metrics};
-use crate::routing::{ClusterSpec, EndpointSpec, LbPolicy, PoolSettings};
+use crate::routing::{ClusterSpec, EndpointSpec, LbPolicy, PoolSettings, ServiceMeta};
 
 pub use super::cluster_state::ClusterState;
 
@@ -92,6 +92,32 @@ impl Cluster {
         cluster.restart_dns(spec);
         cluster.restart_sweep(spec);
         cluster
+    }
+
+    /// A cluster of one endpoint, `addr`, outside the configuration: the
+    /// original destination of a captured connection (Envoy's
+    /// `PassthroughCluster`, an `ORIGINAL_DST` cluster) or the app behind
+    /// inbound capture. `labels` are the endpoint's; HTTP is spoken as the
+    /// client spoke it.
+    pub fn single(
+        name: &str,
+        service: ServiceMeta,
+        addr: std::net::SocketAddr,
+        labels: crate::config::resources::Labels,
+        metrics: &Arc<Metrics>,
+    ) -> Arc<Self> {
+        let mut policy = crate::routing::ClusterPolicy::default();
+        policy.pool.protocol = crate::routing::UpstreamProtocol::Client;
+        let spec = ClusterSpec {
+            name: name.into(),
+            service: Arc::new(service),
+            port: addr.port(),
+            subset: None,
+            endpoints: vec![EndpointSpec { addr, weight: 1, labels: Arc::new(labels) }],
+            dns: Vec::new(),
+            policy: Arc::new(policy),
+        };
+        Cluster::new(&Arc::new(spec), metrics)
     }
 
     pub fn name(&self) -> &Arc<str> {

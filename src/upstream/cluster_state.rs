@@ -132,7 +132,12 @@ mod tests {
             .collect();
         ClusterSpec {
             name: "outbound|80||a".into(),
-            service: Arc::new(ServiceMeta { host: "a".into(), name: "a".into(), namespace: "ns".into(), reporter: Default::default() }),
+            service: Arc::new(ServiceMeta {
+                host: "a".into(),
+                name: "a".into(),
+                namespace: "ns".into(),
+                reporter: Default::default(),
+            }),
             port: 80,
             subset: None,
             endpoints,
