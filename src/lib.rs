@@ -37,6 +37,9 @@
 //! - [`admin`]: `/ready`, `/healthz`, `/stats/prometheus`, `/config_dump`,
 //!   and `/clusters` (`admin::clusters`: endpoint health and ejections,
 //!   text or JSON).
+//! - [`sidecar`]: sidecar mode: the iptables rules (`meshd iptables`), the
+//!   outbound and inbound capture listeners (original destination,
+//!   protocol sniffing, `ALLOW_ANY`/`REGISTRY_ONLY`, inbound to the app).
 //! - [`server`]: wiring and lifecycle (first load, reloads prepared on
 //!   `SCHED_IDLE` threads so they never take CPU from requests, drain);
 //!   [`signals`] maps SIGHUP and SIGTERM onto it.
@@ -52,6 +55,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod routing;
 pub mod server;
+pub mod sidecar;
 pub mod signals;
 pub mod snapshot;
 pub mod upstream;

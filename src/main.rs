@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::error;
 
 use meshd::config::{self, resources::Duration as IstioDuration, Sources};
-use meshd::server::{ListenAddr, Options, RunningServer};
+use meshd::server::{ListenAddr, Options, RunningServer, SidecarOptions};
+use meshd::sidecar::iptables::{self, CaptureRules, Family};
 
 #[derive(Parser)]
 #[command(name = "meshd", version, about = "An L7 proxy data plane that reads Istio networking YAML")]
@@ -30,6 +31,11 @@ enum Command {
     Echo(EchoArgs),
     /// Run two echo upstreams and the proxy on config/demo/.
     Demo(DemoArgs),
+    /// Print (or apply) the iptables NAT rules that send a pod's TCP
+    /// traffic through meshd's capture listeners (istio-iptables' job).
+    Iptables(IptablesArgs),
+    /// Wait until the admin API answers GET /ready with 200.
+    WaitReady(WaitReadyArgs),
 }
 
 #[derive(Args)]
@@ -38,9 +44,12 @@ struct RunArgs {
     #[arg(long, required = true, env = "MESHD_CONFIG", value_delimiter = ',')]
     config: Vec<PathBuf>,
     /// Proxy listen address (repeatable): ADDR for HTTP, or tcp://ADDR=HOST
-    /// for a TCP listener that routes by HOST's `tcp` routes.
-    #[arg(long, env = "MESHD_LISTEN", value_delimiter = ',', default_value = "127.0.0.1:15001")]
+    /// for a TCP listener that routes by HOST's `tcp` routes [default:
+    /// 127.0.0.1:15001, none with capture listeners].
+    #[arg(long, env = "MESHD_LISTEN", value_delimiter = ',')]
     listen: Vec<ListenAddr>,
+    #[command(flatten)]
+    sidecar: SidecarArgs,
     /// Admin listen address (loopback by default).
     #[arg(long, env = "MESHD_ADMIN", default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
@@ -67,6 +76,88 @@ struct RunArgs {
     /// (cert-chain.pem, key.pem, root-cert.pem, as Istio mounts them).
     #[arg(long, env = "MESHD_MESH_CERT_DIR")]
     mesh_cert_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SidecarArgs {
+    /// Sidecar mode: outbound capture on 0.0.0.0:15001, inbound capture on
+    /// 0.0.0.0:15006, stats on 0.0.0.0:15090, readiness on 0.0.0.0:15021,
+    /// the pod's labels from /etc/podinfo/labels, and no --listen unless
+    /// given.
+    #[arg(long, env = "MESHD_SIDECAR")]
+    sidecar: bool,
+    /// Outbound capture listener (connections iptables redirected from the
+    /// app).
+    #[arg(long, env = "MESHD_OUTBOUND")]
+    outbound: Option<SocketAddr>,
+    /// Inbound capture listener (connections iptables redirected to the
+    /// app).
+    #[arg(long, env = "MESHD_INBOUND")]
+    inbound: Option<SocketAddr>,
+    /// Where outbound traffic to an unknown destination goes.
+    #[arg(long, env = "MESHD_OUTBOUND_TRAFFIC_POLICY", value_enum, default_value_t = TrafficPolicy::AllowAny)]
+    outbound_traffic_policy: TrafficPolicy,
+    /// Listener serving /stats/prometheus alone.
+    #[arg(long, env = "MESHD_STATS")]
+    stats: Option<SocketAddr>,
+    /// Listener serving /healthz/ready alone.
+    #[arg(long, env = "MESHD_READINESS")]
+    readiness: Option<SocketAddr>,
+    /// The pod's labels (a downward-API file of key="value" lines).
+    #[arg(long, env = "MESHD_POD_LABELS")]
+    pod_labels: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TrafficPolicy {
+    #[value(name = "ALLOW_ANY")]
+    AllowAny,
+    #[value(name = "REGISTRY_ONLY")]
+    RegistryOnly,
+}
+
+#[derive(Args)]
+struct IptablesArgs {
+    /// UID meshd runs as: its own traffic is never captured.
+    #[arg(long, default_value_t = 1337)]
+    proxy_uid: u32,
+    /// GID meshd runs as [default: the UID].
+    #[arg(long)]
+    proxy_gid: Option<u32>,
+    /// Inbound ports to capture: '*' for all, or a comma-separated list.
+    #[arg(long, default_value = "*")]
+    inbound_ports: String,
+    /// Inbound ports never captured (comma-separated).
+    #[arg(long, alias = "inbound-exclude-ports", default_value = "")]
+    exclude_ports: String,
+    /// Outbound destination ports never captured (comma-separated).
+    #[arg(long, default_value = "")]
+    outbound_exclude_ports: String,
+    /// Outbound destination CIDRs never captured (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    outbound_exclude_cidrs: Vec<ipnet::IpNet>,
+    /// meshd's outbound capture port.
+    #[arg(long, default_value_t = 15001)]
+    outbound_port: u16,
+    /// meshd's inbound capture port.
+    #[arg(long, default_value_t = 15006)]
+    inbound_port: u16,
+    /// Also the IPv6 rules (ip6tables).
+    #[arg(long)]
+    ipv6: bool,
+    /// Install the rules (iptables-restore) instead of printing them.
+    #[arg(long)]
+    apply: bool,
+}
+
+#[derive(Args)]
+struct WaitReadyArgs {
+    /// meshd's admin address.
+    #[arg(long, env = "MESHD_ADMIN", default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// How long to wait.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    timeout: Duration,
 }
 
 #[derive(Args)]
@@ -138,7 +229,51 @@ fn main() -> ExitCode {
             init_logs(&args.common);
             block_on(default_workers(), meshd::demo::run(args.config, namespace(&args.common.namespace)))
         }
+        Command::Iptables(args) => iptables(args),
+        Command::WaitReady(args) => block_on(1, async move {
+            if meshd::sidecar::wait_ready::wait_ready(args.admin, args.timeout).await {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("meshd wait-ready: {} not ready within {:?}", args.admin, args.timeout);
+                ExitCode::FAILURE
+            }
+        }),
     }
+}
+
+fn iptables(args: IptablesArgs) -> ExitCode {
+    let ports = |text: &str| iptables::parse_ports(text).map(Option::unwrap_or_default);
+    let parsed = (|| {
+        Ok::<_, String>(CaptureRules {
+            proxy_uid: args.proxy_uid,
+            proxy_gid: args.proxy_gid.unwrap_or(args.proxy_uid),
+            outbound_port: args.outbound_port,
+            inbound_port: args.inbound_port,
+            inbound_ports: iptables::parse_ports(&args.inbound_ports)?,
+            inbound_exclude_ports: ports(&args.exclude_ports)?,
+            outbound_exclude_ports: ports(&args.outbound_exclude_ports)?,
+            outbound_exclude_cidrs: args.outbound_exclude_cidrs,
+        })
+    })();
+    let rules = match parsed {
+        Ok(rules) => rules,
+        Err(e) => {
+            eprintln!("meshd iptables: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let families: &[Family] = if args.ipv6 { &[Family::V4, Family::V6] } else { &[Family::V4] };
+    for family in families {
+        if !args.apply {
+            print!("{}", rules.script(*family));
+            continue;
+        }
+        if let Err(e) = rules.apply(*family) {
+            eprintln!("meshd iptables: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// The glibc malloc setting `meshd run` starts with.
@@ -181,7 +316,13 @@ async fn run(args: RunArgs, workers: usize) -> ExitCode {
             ListenAddr::Tcp(tcp_listen) => tcp.push(tcp_listen),
         }
     }
+    let sidecar = sidecar_options(&args.sidecar);
+    let capturing = sidecar.outbound.is_some() || sidecar.inbound.is_some();
+    if listen.is_empty() && tcp.is_empty() && !capturing {
+        listen.push(SocketAddr::from(([127, 0, 0, 1], 15001)));
+    }
     let options = Options {
+        sidecar,
         config: args.config,
         listen,
         tcp,
@@ -203,6 +344,21 @@ async fn run(args: RunArgs, workers: usize) -> ExitCode {
             error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The sidecar listeners: `--sidecar`'s defaults, each overridden by its
+/// own flag.
+fn sidecar_options(args: &SidecarArgs) -> SidecarOptions {
+    let on = |port: u16| args.sidecar.then(|| SocketAddr::from(([0, 0, 0, 0], port)));
+    let labels = PathBuf::from("/etc/podinfo/labels");
+    SidecarOptions {
+        outbound: args.outbound.or_else(|| on(15001)),
+        inbound: args.inbound.or_else(|| on(15006)),
+        registry_only: matches!(args.outbound_traffic_policy, TrafficPolicy::RegistryOnly),
+        stats: args.stats.or_else(|| on(15090)),
+        readiness: args.readiness.or_else(|| on(15021)),
+        pod_labels: args.pod_labels.clone().or_else(|| (args.sidecar && labels.exists()).then_some(labels)),
     }
 }
 

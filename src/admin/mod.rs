@@ -42,7 +42,28 @@ pub struct AdminState {
 }
 
 /// Serves the admin API on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: watch::Receiver<bool>) {
+/// Which of the admin API's pages a listener serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything (`--admin`, loopback by default).
+    Admin,
+    /// `/stats/prometheus` and `/metrics` only (`--stats`, Istio's 15090).
+    Stats,
+    /// `/healthz/ready` only (`--readiness`, Istio's 15021).
+    Readiness,
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: watch::Receiver<bool>) {
+    serve_scope(listener, state, Scope::Admin, shutdown).await
+}
+
+/// [`serve`] limited to the pages of `scope`.
+pub async fn serve_scope(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    scope: Scope,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
@@ -56,7 +77,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: 
         };
         let state = state.clone();
         let service = service_fn(move |req| {
-            let response = answer(&state, &req);
+            let response = answer(&state, scope, &req);
             async move { Ok::<_, std::convert::Infallible>(response) }
         });
         tokio::spawn(async move {
@@ -67,12 +88,21 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut shutdown: 
     }
 }
 
-fn answer(state: &AdminState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+fn answer(state: &AdminState, scope: Scope, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
-    match req.uri().path() {
-        "/ready" => {
+    let path = req.uri().path();
+    let allowed = match scope {
+        Scope::Admin => true,
+        Scope::Stats => matches!(path, "/stats/prometheus" | "/metrics"),
+        Scope::Readiness => path == "/healthz/ready",
+    };
+    if !allowed {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    match path {
+        "/ready" | "/healthz/ready" => {
             if state.draining.load(Ordering::Acquire) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
             } else if state.ready.load(Ordering::Acquire) {

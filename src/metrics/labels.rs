@@ -110,29 +110,67 @@ impl SourceLabels {
         }
     }
 
-    /// Reads the downward-API variables Istio's injector sets:
-    /// `ISTIO_META_WORKLOAD_NAME`, `POD_NAMESPACE`, `ISTIO_META_CLUSTER_ID`,
-    /// `APP`/`VERSION` style labels via `MESHD_APP` and `MESHD_VERSION`.
-    pub fn from_env(namespace: &str) -> Self {
+    /// This workload as Istio's injector describes it: the pod's labels
+    /// (`app` or `app.kubernetes.io/name`, `version` or
+    /// `app.kubernetes.io/version`, `service.istio.io/canonical-name` and
+    /// `-revision`), and the downward-API variables `ISTIO_META_WORKLOAD_NAME`
+    /// (else the Deployment's name taken from `POD_NAME`) and
+    /// `ISTIO_META_CLUSTER_ID`. `MESHD_APP`, `MESHD_VERSION`,
+    /// `MESHD_CANONICAL_SERVICE` and `MESHD_CANONICAL_REVISION` override the
+    /// labels.
+    pub fn from_env(namespace: &str, pod_labels: &Labels) -> Self {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-        let app = var("MESHD_APP").unwrap_or_else(|| UNKNOWN.into());
-        let version = var("MESHD_VERSION").unwrap_or_else(|| UNKNOWN.into());
+        let label = |names: &[&str]| names.iter().find_map(|n| pod_labels.get(*n).filter(|v| !v.is_empty()).cloned());
+        let app = var("MESHD_APP").or_else(|| label(&["app", "app.kubernetes.io/name"]));
+        let version = var("MESHD_VERSION").or_else(|| label(&["version", "app.kubernetes.io/version"]));
+        let canonical_service = var("MESHD_CANONICAL_SERVICE")
+            .or_else(|| label(&["service.istio.io/canonical-name"]))
+            .or_else(|| app.clone());
+        let canonical_revision = var("MESHD_CANONICAL_REVISION")
+            .or_else(|| label(&["service.istio.io/canonical-revision"]))
+            .or_else(|| version.clone());
+        let workload = var("ISTIO_META_WORKLOAD_NAME").or_else(|| var("POD_NAME").map(|pod| deployment_of(&pod)));
+        let unknown = || UNKNOWN.to_owned();
         SourceLabels {
-            workload: var("ISTIO_META_WORKLOAD_NAME").unwrap_or_else(|| UNKNOWN.into()),
-            canonical_service: var("MESHD_CANONICAL_SERVICE").unwrap_or_else(|| app.clone()),
-            canonical_revision: var("MESHD_CANONICAL_REVISION").unwrap_or_else(|| {
-                if version == UNKNOWN {
-                    "latest".into()
-                } else {
-                    version.clone()
-                }
-            }),
+            workload: workload.unwrap_or_else(unknown),
+            canonical_service: canonical_service.unwrap_or_else(unknown),
+            canonical_revision: canonical_revision.unwrap_or_else(|| "latest".into()),
             namespace: namespace.to_owned(),
-            cluster: var("ISTIO_META_CLUSTER_ID").unwrap_or_else(|| UNKNOWN.into()),
-            app,
-            version,
+            cluster: var("ISTIO_META_CLUSTER_ID").unwrap_or_else(unknown),
+            app: app.unwrap_or_else(unknown),
+            version: version.unwrap_or_else(unknown),
         }
     }
+}
+
+/// The Deployment a pod name belongs to: `reviews-v1-5d8f6c7b9-x2x4k` is
+/// `reviews-v1` (the ReplicaSet hash and the pod suffix dropped); a name
+/// with fewer parts is kept whole.
+fn deployment_of(pod: &str) -> String {
+    let parts: Vec<&str> = pod.split('-').collect();
+    if parts.len() >= 3 {
+        parts[..parts.len() - 2].join("-")
+    } else {
+        pod.to_owned()
+    }
+}
+
+/// Reads a downward-API labels file (`key="value"` per line, the value
+/// quoted as Go quotes it); a missing or unreadable file is no labels.
+pub fn read_pod_labels(path: &std::path::Path) -> Labels {
+    std::fs::read_to_string(path).map(|text| parse_pod_labels(&text)).unwrap_or_default()
+}
+
+fn parse_pod_labels(text: &str) -> Labels {
+    let mut labels = Labels::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else { continue };
+        let value = value.trim();
+        let value = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).unwrap_or(value);
+        let value = value.replace("\\\"", "\"").replace("\\\\", "\\");
+        labels.insert(key.trim().to_owned(), value);
+    }
+    labels
 }
 
 // === impl DestinationLabels ===
@@ -243,6 +281,21 @@ pub fn tcp_values<'a>(source: &'a SourceLabels, destination: &'a DestinationLabe
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_labels_and_deployment_names() {
+        let labels = parse_pod_labels(
+            "app=\"reviews\"\nversion=\"v2\"\npod-template-hash=\"5d8f6c7b9\"\nnote=\"a \\\"quoted\\\" word\"\n",
+        );
+        assert_eq!(labels.get("app").map(String::as_str), Some("reviews"));
+        assert_eq!(labels.get("version").map(String::as_str), Some("v2"));
+        assert_eq!(labels.get("note").map(String::as_str), Some("a \"quoted\" word"));
+        assert_eq!(deployment_of("reviews-v2-5d8f6c7b9-x2x4k"), "reviews-v2");
+        assert_eq!(deployment_of("single"), "single");
+        let source = SourceLabels::from_env("default", &labels);
+        assert_eq!((source.app.as_str(), source.version.as_str()), ("reviews", "v2"));
+        assert_eq!((source.canonical_service.as_str(), source.canonical_revision.as_str()), ("reviews", "v2"));
+    }
 
     #[test]
     fn tcp_labels_drop_the_response_code_and_grpc_status() {

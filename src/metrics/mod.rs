@@ -21,7 +21,7 @@ mod labels;
 mod tcp;
 
 pub use clusters::{ClusterSample, ClusterStat, ClusterStatsSource};
-pub use labels::{DestinationLabels, Reporter, SourceLabels};
+pub use labels::{read_pod_labels, DestinationLabels, Reporter, SourceLabels};
 pub use tcp::TcpClose;
 
 /// Envoy's default histogram buckets, used by Istio for all three request
@@ -116,6 +116,11 @@ pub struct MetricsError(#[from] prometheus::Error);
 // === impl Metrics ===
 
 impl Metrics {
+    /// This workload's labels (`source_*` of what it reports as source).
+    pub fn source(&self) -> &SourceLabels {
+        &self.source
+    }
+
     pub fn new(source: SourceLabels) -> Result<Arc<Self>, MetricsError> {
         let registry = Registry::new();
         let tcp = tcp::TcpMetrics::new(&registry)?;

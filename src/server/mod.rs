@@ -31,6 +31,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Sources;
 use crate::metrics::{Metrics, SourceLabels};
 use crate::proxy::{listener, tcp, Proxy};
+use crate::sidecar::capture;
 use crate::snapshot::Snapshot;
 
 /// Pause after the first change event before reloading, so a burst of
@@ -61,6 +62,27 @@ pub struct Options {
     pub credentials_dir: Option<PathBuf>,
     /// The workload's mesh certificates for `ISTIO_MUTUAL` (`--mesh-cert-dir`).
     pub mesh_cert_dir: Option<PathBuf>,
+    /// Sidecar capture and its companions (`--sidecar` and its flags).
+    pub sidecar: SidecarOptions,
+}
+
+/// The sidecar listeners; all off by default.
+#[derive(Clone, Debug, Default)]
+pub struct SidecarOptions {
+    /// The outbound capture listener (`--outbound`, 15001).
+    pub outbound: Option<SocketAddr>,
+    /// The inbound capture listener (`--inbound`, 15006).
+    pub inbound: Option<SocketAddr>,
+    /// `--outbound-traffic-policy REGISTRY_ONLY`: unknown destinations are
+    /// refused instead of passed through (`ALLOW_ANY`).
+    pub registry_only: bool,
+    /// `/stats/prometheus` alone (`--stats`, 15090).
+    pub stats: Option<SocketAddr>,
+    /// `/healthz/ready` alone (`--readiness`, 15021).
+    pub readiness: Option<SocketAddr>,
+    /// The pod's labels (`--pod-labels`, a downward-API file), for
+    /// `source_*` and the inbound `destination_*` labels.
+    pub pod_labels: Option<PathBuf>,
 }
 
 /// A TCP listener bound to one host (`--listen tcp://ADDR=HOST`).
@@ -124,6 +146,12 @@ pub struct RunningServer {
     /// Bound TCP listener addresses, in `Options::tcp` order.
     pub tcp_addrs: Vec<SocketAddr>,
     pub admin_addr: SocketAddr,
+    /// Bound sidecar listeners: outbound and inbound capture, stats,
+    /// readiness (`None` when off).
+    pub outbound_addr: Option<SocketAddr>,
+    pub inbound_addr: Option<SocketAddr>,
+    pub stats_addr: Option<SocketAddr>,
+    pub readiness_addr: Option<SocketAddr>,
     pub admin: Arc<AdminState>,
     /// Asks the reload task for a reload.
     reload: Arc<Notify>,
@@ -154,7 +182,8 @@ impl RunningServer {
     /// An invalid first configuration is logged and the server starts
     /// anyway, not ready, waiting for a valid one.
     pub async fn start(options: Options) -> Result<Self, StartError> {
-        let metrics = Metrics::new(SourceLabels::from_env(&options.namespace))?;
+        let pod_labels = options.sidecar.pod_labels.as_deref().map(crate::metrics::read_pod_labels);
+        let metrics = Metrics::new(SourceLabels::from_env(&options.namespace, &pod_labels.unwrap_or_default()))?;
         // Before the first compile: endpoints get one pool per worker, and
         // ISTIO_MUTUAL clusters find the mesh certificates.
         crate::upstream::shard::set_count(options.workers);
@@ -218,6 +247,27 @@ impl RunningServer {
         let (stop, stop_rx) = watch::channel(false);
         let mut background = JoinSet::new();
         background.spawn(admin::serve(admin_listener, admin.clone(), stop_rx.clone()));
+        let sidecar = &options.sidecar;
+        let mut capture_addrs = [None, None];
+        let allow_any = !sidecar.registry_only;
+        let directions = [capture::Direction::Outbound { allow_any }, capture::Direction::Inbound];
+        for ((addr, direction), bound) in
+            [sidecar.outbound, sidecar.inbound].iter().zip(directions).zip(&mut capture_addrs)
+        {
+            let Some(addr) = addr else { continue };
+            let listener = bind(*addr).await?;
+            *bound = listener.local_addr().ok();
+            let serve = capture::serve(listener, direction, proxy.clone(), shutdown_rx.clone(), options.drain_timeout);
+            listeners.spawn(serve);
+        }
+        let mut scoped_addrs = [None, None];
+        let scopes = [admin::Scope::Stats, admin::Scope::Readiness];
+        for ((addr, scope), bound) in [sidecar.stats, sidecar.readiness].iter().zip(scopes).zip(&mut scoped_addrs) {
+            let Some(addr) = addr else { continue };
+            let listener = bind(*addr).await?;
+            *bound = listener.local_addr().ok();
+            background.spawn(admin::serve_scope(listener, admin.clone(), scope, stop_rx.clone()));
+        }
 
         let (gateways_open, gateways_closed) = mpsc::channel(1);
         let mut gateways = GatewayListeners::new(
@@ -259,6 +309,10 @@ impl RunningServer {
             listen_addrs,
             tcp_addrs,
             admin_addr,
+            outbound_addr: capture_addrs[0],
+            inbound_addr: capture_addrs[1],
+            stats_addr: scoped_addrs[0],
+            readiness_addr: scoped_addrs[1],
             admin,
             reload,
             shutdown,
@@ -295,6 +349,11 @@ impl RunningServer {
         self.background.shutdown().await;
         info!("meshd stopped");
     }
+}
+
+/// A listener on `addr`.
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, source })
 }
 
 /// Runs reloads one at a time as requests arrive, debounced.

@@ -613,6 +613,7 @@ pub fn options(config: &Path) -> Options {
         gateway_bind: std::net::Ipv4Addr::LOCALHOST.into(),
         credentials_dir: None,
         mesh_cert_dir: None,
+        sidecar: Default::default(),
     }
 }
 
