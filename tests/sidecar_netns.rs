@@ -116,6 +116,14 @@ impl Netns {
         }
     }
 
+    /// Sends `bytes` (printf format) over TCP to `ip:port` from `ns` and
+    /// returns what came back before the connection closed (5 s at most).
+    fn tcp_exchange(&self, ns: &str, ip: &str, port: u16, bytes: &str) -> String {
+        let script = format!("exec 3<>/dev/tcp/{ip}/{port} && printf '{bytes}' >&3 && cat <&3");
+        let out = self.exec(ns, &["timeout", "5", "bash", "-c", &script]).output().expect("bash");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn stop_children(&mut self) {
         for child in &mut self.children {
             let _ = child.kill();
@@ -226,6 +234,7 @@ spec:
         let mut cmd: Vec<&str> = setpriv.to_vec();
         cmd.extend([meshd, "run", "--config", &config, "--outbound", "0.0.0.0:15001", "--inbound", "0.0.0.0:15006"]);
         cmd.extend(["--admin", "127.0.0.1:15000", "--outbound-traffic-policy", policy, "--no-watch"]);
+        cmd.extend(["--drain-timeout", "3s"]);
         let env = [("ISTIO_META_WORKLOAD_NAME", "client-app"), ("MESHD_APP", "client"), ("MESHD_LOG", "warn")];
         net.spawn(&client, &cmd, &env);
         net.wait_ok(&client, "http://127.0.0.1:15000/ready");
@@ -273,6 +282,11 @@ spec:
     let inbound = [("reporter", "destination"), ("destination_workload", "client-app"), ("response_code", "200")];
     assert!(requests(&net, &inbound) >= 1.0, "inbound counted by the destination");
 
+    // Not HTTP: relayed as TCP to the original destination (the echo
+    // server answers the stray bytes with a 400: they reached it).
+    let reply = net.tcp_exchange(&client, &server_ip, 9999, "hello\\r\\n\\r\\n");
+    assert!(reply.starts_with("HTTP/1.1 400"), "TCP passthrough: {reply:?}");
+
     // REGISTRY_ONLY: the unknown destination is refused.
     // The proxy is the last process started.
     if let Some(mut proxy) = net.children.pop() {
@@ -284,4 +298,19 @@ spec:
     assert_eq!(status, 502, "REGISTRY_ONLY refuses an unknown destination");
     let (status, body) = net.curl(&client, &url, &["x-canary: yes"]);
     assert_eq!((status, body.contains("\"name\":\"v2\"")), (200, true), "known services still work");
+    assert_eq!(net.tcp_exchange(&client, &server_ip, 9999, "hello\\r\\n\\r\\n"), "", "TCP refused too");
+
+    // SIGTERM: readiness turns 503 and inbound stops at once; outbound
+    // keeps working for the drain timeout, so the app can finish its calls.
+    let proxy_pid = net.children.last().map(|c| c.id().to_string()).unwrap_or_default();
+    assert!(run_ok(Command::new("kill").args(["-TERM", &proxy_pid])));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while net.curl(&client, "http://127.0.0.1:15000/ready", &[]).0 != 503 {
+        assert!(Instant::now() < deadline, "/ready never turned 503");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (status, _) = net.curl(&net.server, &format!("http://{client_ip}:7070/"), &[]);
+    assert_ne!(status, 200, "inbound is drained");
+    let (status, body) = net.curl(&client, &url, &["x-canary: yes"]);
+    assert_eq!((status, body.contains("\"name\":\"v2\"")), (200, true), "outbound still works while draining");
 }

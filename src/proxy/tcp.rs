@@ -46,6 +46,9 @@ pub enum Routing {
     /// A Gateway TLS passthrough port: the `tls` routes bound to it, by
     /// the ClientHello's SNI.
     GatewayTls(u16),
+    /// A captured outbound connection, by the `tcp` routes of the host
+    /// (VIP) it was sent to, if that host serves its port.
+    Captured(Arc<str>),
 }
 
 /// Serves the TCP listener `listener`, routed by `routing`, until
@@ -94,7 +97,7 @@ async fn relay(client: TcpStream, routing: Routing, proxy: Arc<Proxy>) {
                 return refuse(&proxy.metrics, &no_route_labels("unknown"), ResponseFlags::NR);
             }
         },
-        Routing::Host(_) | Routing::GatewayTcp(_) => None,
+        Routing::Host(_) | Routing::GatewayTcp(_) | Routing::Captured(_) => None,
     };
     match target(&proxy, &routing, sni.as_deref(), local) {
         Ok(cluster) => relay_to(client, &cluster).await,
@@ -143,7 +146,7 @@ pub fn target(
 ) -> Result<Arc<Cluster>, (DestinationLabels, ResponseFlags)> {
     let snapshot = proxy.snapshot.load();
     let named = match routing {
-        Routing::Host(host) => host,
+        Routing::Host(host) | Routing::Captured(host) => host,
         Routing::GatewayTcp(_) | Routing::GatewayTls(_) => sni.unwrap_or("unknown"),
     };
     let no_route = || (no_route_labels(named), ResponseFlags::NR);
@@ -161,6 +164,7 @@ pub fn target(
 fn route<'s>(snapshot: &'s Snapshot, routing: &Routing, sni: Option<&str>, local: SocketAddr) -> Option<&'s Forward> {
     match routing {
         Routing::Host(host) => snapshot.table.find_tcp(host, local).map(|r| &r.forward),
+        Routing::Captured(host) => snapshot.table.find_captured_tcp(host, local).map(|r| &r.forward),
         Routing::GatewayTcp(port) => snapshot.gateway(*port)?.find_tcp(local).map(|r| &r.forward),
         Routing::GatewayTls(port) => snapshot.gateway(*port)?.find_tls(sni, local).map(|r| &r.forward),
     }

@@ -256,6 +256,16 @@ impl RouteTable {
         let vhost = self.virtual_hosts.get(self.hosts.lookup(host)?)?;
         vhost.tcp.iter().find(|r| r.matches(local))
     }
+
+    /// [`Self::find_tcp`] for a captured connection to `original`: only a
+    /// host that serves its port (Istio's `<VIP>:<port>` listener).
+    pub fn find_captured_tcp(&self, host: &str, original: SocketAddr) -> Option<&TcpRoute> {
+        let vhost = self.virtual_hosts.get(self.hosts.lookup(host)?)?;
+        if !vhost.serves_port(original.port()) {
+            return None;
+        }
+        vhost.tcp.iter().find(|r| r.matches(original))
+    }
 }
 
 // === impl Forward ===

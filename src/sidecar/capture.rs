@@ -194,7 +194,7 @@ impl Listener {
             Direction::Inbound => return relay_to(stream, &self.app(original.port())).await,
             Direction::Outbound { allow_any } => allow_any,
         };
-        let routing = crate::proxy::tcp::Routing::Host(original.ip().to_string().into());
+        let routing = crate::proxy::tcp::Routing::Captured(original.ip().to_string().into());
         match target(&self.proxy, &routing, None, original) {
             Ok(cluster) => relay_to(stream, &cluster).await,
             Err((_, ResponseFlags::NR)) if allow_any => {
