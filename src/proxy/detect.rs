@@ -32,6 +32,13 @@ pub enum Protocol {
 /// Waits for the client's first bytes and classifies them; `None` when the
 /// client closed without sending any.
 pub async fn detect(stream: &TcpStream) -> io::Result<Option<Protocol>> {
+    peek_until(stream, classify).await
+}
+
+/// Peeks at the first bytes until `decide` says what they are (`None`:
+/// more are needed, e.g. a strict prefix of the preface); `None` when the
+/// client closed without sending any.
+async fn peek_until<T>(stream: &TcpStream, decide: fn(&[u8]) -> Option<T>) -> io::Result<Option<T>> {
     let mut buf = [0u8; PREFACE.len()];
     let mut backoff = Duration::from_millis(1);
     loop {
@@ -39,10 +46,9 @@ pub async fn detect(stream: &TcpStream) -> io::Result<Option<Protocol>> {
         if n == 0 {
             return Ok(None);
         }
-        if let Some(protocol) = classify(&buf[..n]) {
-            return Ok(Some(protocol));
+        if let Some(decided) = decide(&buf[..n]) {
+            return Ok(Some(decided));
         }
-        // A strict prefix of the preface: wait for the rest.
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
@@ -65,19 +71,7 @@ const MAX_METHOD: usize = 20;
 /// a method token and a space) and h2c (the preface) from anything else;
 /// `None` when the client closed without sending any. Nothing is consumed.
 pub async fn sniff(stream: &TcpStream) -> io::Result<Option<Sniffed>> {
-    let mut buf = [0u8; PREFACE.len()];
-    let mut backoff = Duration::from_millis(1);
-    loop {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        if let Some(sniffed) = sniff_bytes(&buf[..n]) {
-            return Ok(Some(sniffed));
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
+    peek_until(stream, sniff_bytes).await
 }
 
 /// [`sniff`]'s decision on `bytes`, or `None` while more are needed.

@@ -40,6 +40,30 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: watch::Re
     serve_on(listener, None, None, proxy, shutdown, drain_timeout).await
 }
 
+/// The next connection of `listener`, or `None` once `shutdown` turns
+/// true. Accept errors (out of file descriptors and the like) are logged
+/// and retried after a short pause instead of spinning; the listener stays
+/// open.
+pub async fn next_connection(
+    listener: &TcpListener,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<(TcpStream, std::net::SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok(accepted) => return Some(accepted),
+            Err(error) => {
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// The TLS termination of an `HTTPS` listener, replaced when its
 /// certificates or settings change (new connections take the new one).
 pub type TlsConfig = Arc<ArcSwapOption<Termination>>;
@@ -59,22 +83,7 @@ pub async fn serve_on(
 ) {
     let (open, mut all_closed) = mpsc::channel::<()>(1);
     let servers = Arc::new(Servers::new());
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                // Out of file descriptors and the like: back off briefly
-                // instead of spinning; the listener stays open.
-                warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = next_connection(&listener, &mut shutdown).await {
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "set_nodelay failed");
         }

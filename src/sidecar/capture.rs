@@ -36,7 +36,7 @@ use crate::config::resources::Labels;
 use crate::metrics::{DestinationLabels, Reporter};
 use crate::proxy::capture::{Captured, BLACK_HOLE_CLUSTER, PASSTHROUGH_CLUSTER};
 use crate::proxy::detect::{sniff, Sniffed};
-use crate::proxy::listener::{serve_sniffed, Servers};
+use crate::proxy::listener::{next_connection, serve_sniffed, Servers};
 use crate::proxy::service::Downstream;
 use crate::proxy::tcp::{refuse, relay_to, target};
 use crate::proxy::xfcc::ForwardClientCert;
@@ -120,20 +120,7 @@ async fn accept_loop(
     drain_timeout: Duration,
 ) {
     let (open, mut all_closed) = mpsc::channel::<()>(1);
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                warn!(%error, "capture accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    while let Some((stream, peer)) = next_connection(&listener, &mut shutdown).await {
         let _ = stream.set_nodelay(true);
         let (state, open, shutdown) = (state.clone(), open.clone(), shutdown.clone());
         tokio::spawn(async move {
