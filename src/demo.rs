@@ -51,6 +51,7 @@ pub async fn run(config: PathBuf, namespace: String) -> ExitCode {
         gateway_bind: std::net::Ipv4Addr::LOCALHOST.into(),
         credentials_dir: None,
         mesh_cert_dir: None,
+        access_log: crate::proxy::access_log::Format::Off,
     };
     let server = match RunningServer::start(options).await {
         Ok(server) => server,

@@ -11,6 +11,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::access_log::{ConnectionInfo, Record};
 use super::actions::{direct_reply, fault_abort, https_redirect, preflight_reply, redirect_reply, rewrite};
 use super::body::{BodyBytes, ProxyBody, RequestBytes};
 use super::exchange::{self, Exchange};
@@ -37,6 +38,9 @@ pub struct Downstream {
     pub gateway: Option<u16>,
     /// What happens to `x-forwarded-client-cert`, decided at the handshake.
     pub client_cert: ForwardClientCert,
+    /// What the connection's access-log lines share; `None` when the
+    /// access log is off.
+    pub access_log: Option<Arc<ConnectionInfo>>,
 }
 
 /// A local reply instead of a route, with the destination its metrics are
@@ -65,21 +69,24 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
     let snapshot = proxy.snapshot.load();
     let head_bytes = request_head_bytes(&req);
     let grpc = is_grpc(&req);
-    let Chosen { cluster: index, policy, mutations, mirrors } = match route(&snapshot, &downstream, &req) {
+    let mut log = Record::begin(downstream.access_log.as_ref(), &req, head_bytes);
+    let Chosen { cluster: index, policy, mutations, mirrors } = match route(&snapshot, &downstream, &req, &mut log) {
         Ok(chosen) => chosen,
         Err(refusal) => {
             let (reply, destination) = *refusal;
             // Errors (flagged) are sent the gRPC way; redirects and direct
             // responses are not, as in Envoy.
             let grpc = grpc && !reply.flags.is_empty();
-            return reply.for_grpc(grpc).into_response(&proxy.metrics, &destination, start, head_bytes);
+            return reply.for_grpc(grpc).into_response(&proxy.metrics, &destination, start, head_bytes, log);
         }
     };
     let Some(cluster) = snapshot.clusters.get(index).cloned() else {
         let destination = DestinationLabels::for_service("unknown", "unknown", "unknown");
-        return LocalReply::no_cluster().for_grpc(grpc).into_response(&proxy.metrics, &destination, start, head_bytes);
+        let reply = LocalReply::no_cluster().for_grpc(grpc);
+        return reply.into_response(&proxy.metrics, &destination, start, head_bytes, log);
     };
     drop(snapshot);
+    log.cluster(cluster.name());
     let (mut flags, mut timeout_from) = (ResponseFlags::NONE, start);
     if let Some(fault) = mutations.as_deref().and_then(Mutations::fault) {
         let injection = fault.sample(|| fastrand::u32(..MILLION));
@@ -95,7 +102,7 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
             let mut reply = fault_abort(abort).for_grpc(grpc);
             reply.flags |= flags;
             let labels = cluster.service_labels();
-            return reply.into_response(cluster.metrics(), &labels, start, head_bytes);
+            return reply.into_response(cluster.metrics(), &labels, start, head_bytes, log);
         }
     }
     let hash =
@@ -112,6 +119,7 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
         rewrite(&mut req, mutations);
     }
     let (mut upstream_req, request_bytes) = prepare(req, &downstream, head_bytes);
+    log.forwarded(upstream_req.headers());
     if let Some(upgrade) = &upgrade {
         upgrade::restore_headers(upstream_req.headers_mut(), upgrade.protocol.clone());
     }
@@ -122,7 +130,7 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
             Ok(req) => req,
             Err(reply) => {
                 let reply = reply.for_grpc(grpc);
-                return reply.into_response(cluster.metrics(), &cluster.service_labels(), start, head_bytes);
+                return reply.into_response(cluster.metrics(), &cluster.service_labels(), start, head_bytes, log);
             }
         };
     }
@@ -139,13 +147,20 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
         flags,
         mutations,
         upgrade,
+        log,
     };
     exchange::run(ex, upstream_req).await
 }
 
 /// Finds the cluster for `req`, or the local reply to send instead (with
-/// the destination its metrics are recorded against).
-fn route(snapshot: &Snapshot, downstream: &Downstream, req: &Request<Incoming>) -> Result<Chosen, Refusal> {
+/// the destination its metrics are recorded against); notes the route
+/// matched in `log`.
+fn route(
+    snapshot: &Snapshot,
+    downstream: &Downstream,
+    req: &Request<Incoming>,
+    log: &mut Record,
+) -> Result<Chosen, Refusal> {
     let Some(authority) = authority(req) else {
         let unknown = DestinationLabels::for_service("unknown", "unknown", "unknown");
         return Err(Box::new((LocalReply::bad_request("missing host header"), unknown)));
@@ -171,13 +186,15 @@ fn route(snapshot: &Snapshot, downstream: &Downstream, req: &Request<Incoming>) 
             None => return Err(local(LocalReply::no_route())),
         },
     };
-    let (route, forward) = match table.find(&view) {
+    let route = match table.find(&view) {
         Lookup::NoVirtualHost | Lookup::NoRoute(_) => return Err(local(LocalReply::no_route())),
-        Lookup::Route(_, route) => match &route.action {
-            Action::Forward(forward) => (route, forward),
-            Action::Redirect(redirect) => return Err(local(redirect_reply(redirect, &view, route.extras.as_deref()))),
-            Action::Direct(direct) => return Err(local(direct_reply(direct, route.extras.as_deref()))),
-        },
+        Lookup::Route(_, route) => route,
+    };
+    log.route(&route.name);
+    let forward = match &route.action {
+        Action::Forward(forward) => forward,
+        Action::Redirect(redirect) => return Err(local(redirect_reply(redirect, &view, route.extras.as_deref()))),
+        Action::Direct(direct) => return Err(local(direct_reply(direct, route.extras.as_deref()))),
     };
     let mut cors_origin = None;
     if let Some(cors) = route.extras.as_ref().and_then(|e| e.cors.as_ref()) {

@@ -8,6 +8,7 @@
 //! Failures close the client's connection and are counted in
 //! `istio_tcp_connections_closed_total` with Envoy's flag: no route `NR`,
 //! an unknown cluster `NC`, no healthy endpoint `UH`, a failed connect `UF`.
+//! With `--access-log`, each connection gets a line at its end.
 //!
 //! [`RouteTable::find_tcp`]: crate::routing::RouteTable::find_tcp
 
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use super::access_log::TcpRecord;
 use super::flags::ResponseFlags;
 use super::Proxy;
 use crate::metrics::{DestinationLabels, TcpClose};
@@ -64,14 +66,17 @@ pub async fn serve(
 /// Proxies one client connection.
 async fn relay(mut client: TcpStream, host: Arc<str>, proxy: Arc<Proxy>) {
     let Ok(local) = client.local_addr() else { return };
+    let mut log = proxy.access_log.tcp(&client);
     let cluster = match target(&proxy, &host, local) {
         Ok(cluster) => cluster,
-        Err((labels, flags)) => return refuse(&proxy, &labels, flags),
+        Err((labels, flags)) => return refuse(&proxy, &labels, flags, log),
     };
+    log.cluster(cluster.name());
     let Some(picked) = cluster.pick(None, &[]) else {
-        return refuse(&proxy, &cluster.service_labels(), ResponseFlags::UH);
+        return refuse(&proxy, &cluster.service_labels(), ResponseFlags::UH, log);
     };
     let endpoint = picked.endpoint;
+    log.upstream_host(endpoint.addr);
     let labels = endpoint.metrics.labels().clone();
     let metrics = cluster.metrics();
     metrics.tcp_opened(&labels);
@@ -81,11 +86,16 @@ async fn relay(mut client: TcpStream, host: Arc<str>, proxy: Arc<Proxy>) {
         Ok(Ok(upstream)) => upstream,
         Ok(Err(error)) => {
             debug!(%error, addr = %endpoint.addr, "TCP upstream connect failed");
+            log.finish("UF", 0, 0);
             return metrics.tcp_closed(&labels, &TcpClose { flags: "UF", sent: 0, received: 0 });
         }
-        Err(_) => return metrics.tcp_closed(&labels, &TcpClose { flags: "UF", sent: 0, received: 0 }),
+        Err(_) => {
+            log.finish("UF", 0, 0);
+            return metrics.tcp_closed(&labels, &TcpClose { flags: "UF", sent: 0, received: 0 });
+        }
     };
     let _ = upstream.set_nodelay(true);
+    log.connected(&upstream);
     let (received, sent, flags) = match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((to_upstream, to_client)) => (to_upstream, to_client, "-"),
         Err(error) => {
@@ -94,6 +104,7 @@ async fn relay(mut client: TcpStream, host: Arc<str>, proxy: Arc<Proxy>) {
         }
     };
     metrics.tcp_closed(&labels, &TcpClose { flags, sent, received });
+    log.finish(flags, received, sent);
 }
 
 /// The cluster for a connection to `host` arriving at `local`, or the
@@ -111,9 +122,11 @@ fn target(proxy: &Proxy, host: &str, local: SocketAddr) -> Result<Arc<Cluster>, 
     }
 }
 
-/// Counts a connection meshd closed without an upstream (it was counted
-/// neither opened nor anything else yet).
-fn refuse(proxy: &Proxy, labels: &DestinationLabels, flags: ResponseFlags) {
+/// Counts (and logs) a connection meshd closed without an upstream (it was
+/// counted neither opened nor anything else yet).
+fn refuse(proxy: &Proxy, labels: &DestinationLabels, flags: ResponseFlags, log: TcpRecord) {
+    let flags = flags.as_str();
     proxy.metrics.tcp_opened(labels);
-    proxy.metrics.tcp_closed(labels, &TcpClose { flags: &flags.as_str(), sent: 0, received: 0 });
+    proxy.metrics.tcp_closed(labels, &TcpClose { flags: &flags, sent: 0, received: 0 });
+    log.finish(&flags, 0, 0);
 }
