@@ -52,6 +52,7 @@ pub async fn run(config: PathBuf, namespace: String) -> ExitCode {
         credentials_dir: None,
         mesh_cert_dir: None,
         sidecar: Default::default(),
+        access_log: crate::proxy::access_log::Format::Off,
     };
     let server = match RunningServer::start(options).await {
         Ok(server) => server,

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing::error;
 
 use meshd::config::{self, resources::Duration as IstioDuration, Sources};
+use meshd::proxy::access_log;
 use meshd::server::{ListenAddr, Options, RunningServer, SidecarOptions};
 use meshd::sidecar::iptables::{self, CaptureRules, Family};
 
@@ -76,6 +77,10 @@ struct RunArgs {
     /// (cert-chain.pem, key.pem, root-cert.pem, as Istio mounts them).
     #[arg(long, env = "MESHD_MESH_CERT_DIR")]
     mesh_cert_dir: Option<PathBuf>,
+    /// Access log on stdout, one line per request (and per TCP
+    /// connection): Envoy's text format or JSON, with Istio's fields.
+    #[arg(long, env = "MESHD_ACCESS_LOG", value_enum, default_value_t = AccessLog::Off)]
+    access_log: AccessLog,
 }
 
 #[derive(Args)]
@@ -208,6 +213,13 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum AccessLog {
+    Text,
+    Json,
+    Off,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -334,6 +346,11 @@ async fn run(args: RunArgs, workers: usize) -> ExitCode {
         drain_timeout: args.drain_timeout,
         watch: !args.no_watch,
         workers,
+        access_log: match args.access_log {
+            AccessLog::Text => access_log::Format::Text,
+            AccessLog::Json => access_log::Format::Json,
+            AccessLog::Off => access_log::Format::Off,
+        },
     };
     match RunningServer::start(options).await {
         Ok(server) => {

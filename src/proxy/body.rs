@@ -18,11 +18,14 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use super::access_log::Record;
 use super::flags::ResponseFlags;
 use crate::metrics::RequestRecord;
 use crate::upstream::{ActiveRequest, Lease, RequestSlot};
 
-/// The downstream response body.
+/// The downstream response body. `Upstream` is not boxed: it is every
+/// proxied response, and a box would cost each an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum ProxyBody {
     /// A proxied upstream body; `done` runs once at its end. With a route
     /// timeout, `deadline` bounds the body too (Envoy's timeout covers the
@@ -59,6 +62,8 @@ pub struct Completion {
     pub response_bytes: u64,
     /// The cluster's `max_requests` slot, held until the body ends.
     pub slot: Option<RequestSlot>,
+    /// The request's access-log record, written at the end.
+    pub log: Record,
 }
 
 /// `istio_request_bytes`: the head plus the body length, announced or
@@ -170,17 +175,20 @@ impl Completion {
             endpoint.pool().release(conn, complete);
         }
         let flags = self.flags.as_str();
+        let elapsed = self.start.elapsed();
+        let request_bytes = self.request_bytes.total();
         endpoint.metrics.record(
             &endpoint.registry,
             &RequestRecord {
                 status: self.status,
                 grpc: self.grpc,
                 flags: &flags,
-                duration_ms: self.start.elapsed().as_secs_f64() * 1000.0,
-                request_bytes: self.request_bytes.total(),
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                request_bytes,
                 response_bytes: self.response_bytes,
             },
         );
+        self.log.finish_proxied(self.status, self.flags, request_bytes, self.response_bytes, endpoint.addr, elapsed);
     }
 }
 

@@ -41,6 +41,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::access_log::Record;
 use super::body::{Completion, ProxyBody, RequestBytes};
 use super::flags::ResponseFlags;
 use super::forward::{self, ForwardError};
@@ -85,6 +86,8 @@ pub struct Exchange {
     /// The client's `Upgrade` (WebSocket…), tunnelled if the upstream
     /// answers 101.
     pub upgrade: Option<Box<Upgrade>>,
+    /// The request's access-log record (empty when the log is off).
+    pub log: Record,
 }
 
 /// The attempts of one exchange; outlives the attempt future so a route
@@ -142,9 +145,9 @@ enum Next {
 }
 
 /// Runs the exchange and builds the downstream response.
-pub async fn run(ex: Exchange, req: Request<RequestBody>) -> Response<ProxyBody> {
+pub async fn run(mut ex: Exchange, req: Request<RequestBody>) -> Response<ProxyBody> {
     let Some(slot) = ex.cluster.resources().try_request() else {
-        return local(&ex, LocalReply::overflow(), None);
+        return local(&mut ex, LocalReply::overflow(), None);
     };
     let mut req = req;
     if let Some(ms) = expected_timeout_ms(&ex.route) {
@@ -155,7 +158,7 @@ pub async fn run(ex: Exchange, req: Request<RequestBody>) -> Response<ProxyBody>
         if retry.needs_replay(ex.grpc) {
             let keep = Box::pin(attempts.keep_replay());
             if let Err(reply) = keep.await {
-                return local(&ex, reply, None);
+                return local(&mut ex, reply, None);
             }
         }
     }
@@ -180,21 +183,25 @@ pub async fn run(ex: Exchange, req: Request<RequestBody>) -> Response<ProxyBody>
             let flags = flags | ex.flags;
             proxied(ex, response, conn, active, flags, slot)
         }
-        Finished::Local { reply, endpoint } => local(&ex, reply, endpoint.as_ref()),
+        Finished::Local { reply, endpoint } => local(&mut ex, reply, endpoint.as_ref()),
     }
 }
 
 /// Records a local reply against the endpoint tried last (or the cluster's
 /// service) and builds it.
-fn local(ex: &Exchange, mut reply: LocalReply, endpoint: Option<&Arc<Endpoint>>) -> Response<ProxyBody> {
+fn local(ex: &mut Exchange, mut reply: LocalReply, endpoint: Option<&Arc<Endpoint>>) -> Response<ProxyBody> {
     let bytes = ex.request_bytes.total();
     reply.flags |= ex.flags;
     reply.grpc = ex.grpc;
+    let mut log = std::mem::take(&mut ex.log);
     match endpoint {
-        Some(e) => reply.into_response(&e.registry, e.metrics.labels(), ex.start, bytes),
+        Some(e) => {
+            log.upstream_host(e.addr);
+            reply.into_response(&e.registry, e.metrics.labels(), ex.start, bytes, log)
+        }
         None => {
             let labels = ex.cluster.service_labels();
-            reply.into_response(ex.cluster.metrics(), &labels, ex.start, bytes)
+            reply.into_response(ex.cluster.metrics(), &labels, ex.start, bytes, log)
         }
     }
 }
@@ -239,16 +246,20 @@ fn proxied(
     if let Some(mutations) = &ex.mutations {
         mutations.apply_response(&mut parts.headers);
     }
+    let head_bytes = headers::STATUS_LINE_BYTES + headers::block_bytes(&parts.headers);
+    let mut log = ex.log;
+    log.proxied(service_ms, head_bytes);
     let done = Completion {
         status: parts.status.as_u16(),
         grpc: ex.grpc.then(|| grpc_status(&parts.headers)),
-        response_bytes: headers::STATUS_LINE_BYTES + headers::block_bytes(&parts.headers),
+        response_bytes: head_bytes,
         active,
         conn,
         start: ex.start,
         flags,
         request_bytes: ex.request_bytes,
         slot: Some(slot),
+        log,
     };
     let deadline = ex.route.timeout.map(|t| Box::pin(tokio::time::sleep_until(ex.timeout_from + t)));
     Response::from_parts(parts, ProxyBody::Upstream { inner, done: Some(done), deadline })

@@ -100,7 +100,8 @@ pub async fn serve_on(
             // Replaced after the handshake on TLS connections.
             Some(_) => ForwardClientCert::Sanitize,
         };
-        let downstream = Downstream { peer, scheme, gateway, client_cert, capture: None };
+        let access_log = proxy.access_log.connection(&stream, peer);
+        let downstream = Downstream { peer, scheme, gateway, client_cert, access_log, capture: None };
         let proxy_for_conn = proxy.clone();
         let (servers, open, shutdown) = (servers.clone(), open.clone(), shutdown.clone());
         let gauge = proxy.metrics.downstream_connections.clone();
@@ -109,8 +110,10 @@ pub async fn serve_on(
             let served = match termination {
                 None => servers.serve(stream, request_service(proxy_for_conn, downstream), shutdown).await,
                 Some(termination) => {
-                    let service =
-                        |client_cert| request_service(proxy_for_conn, Downstream { client_cert, ..downstream });
+                    let service = |client_cert, server_name: Option<&str>| {
+                        let access_log = downstream.access_log.as_ref().map(|log| log.with_server_name(server_name));
+                        request_service(proxy_for_conn, Downstream { client_cert, access_log, ..downstream })
+                    };
                     servers.serve_tls(stream, &termination, service, shutdown).await
                 }
             };
@@ -209,12 +212,12 @@ impl Servers {
 
     /// [`Self::serve`] behind a TLS handshake; ALPN chooses the protocol.
     /// The service is made after the handshake, from what the client's
-    /// certificate says for `x-forwarded-client-cert`.
+    /// certificate says for `x-forwarded-client-cert` and the SNI it sent.
     async fn serve_tls<S>(
         &self,
         stream: TcpStream,
         termination: &Termination,
-        service: impl FnOnce(ForwardClientCert) -> S,
+        service: impl FnOnce(ForwardClientCert, Option<&str>) -> S,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), hyper::Error>
     where
@@ -239,7 +242,8 @@ impl Servers {
         let leaf = session.peer_certificates().and_then(|chain| chain.first());
         let local_uris = termination.local_uri_sans(session.server_name());
         let client_cert = ForwardClientCert::gateway(leaf.map(|cert| cert.as_ref()), local_uris);
-        self.serve_http(tls, protocol, service(client_cert), shutdown).await
+        let service = service(client_cert, session.server_name());
+        self.serve_http(tls, protocol, service, shutdown).await
     }
 
     /// HTTP/1.1 or HTTP/2 on `io` until it closes or a drain ends it.

@@ -7,6 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
 use tokio::time::Instant;
 
+use super::access_log::Record;
 use super::body::ProxyBody;
 use super::flags::ResponseFlags;
 use crate::metrics::{DestinationLabels, Metrics, RequestRecord};
@@ -115,16 +116,19 @@ impl LocalReply {
         self
     }
 
-    /// Records the reply against `destination` and builds the response.
+    /// Records the reply against `destination` (metrics and access log)
+    /// and builds the response.
     pub fn into_response(
         self,
         metrics: &Metrics,
         destination: &DestinationLabels,
         start: Instant,
         request_bytes: u64,
+        mut log: Record,
     ) -> Response<ProxyBody> {
+        log.local_reply(&self);
         let this = if self.grpc { self.into_grpc() } else { self };
-        this.build(metrics, destination, start, request_bytes)
+        this.build(metrics, destination, start, request_bytes, log)
     }
 
     fn build(
@@ -133,6 +137,7 @@ impl LocalReply {
         destination: &DestinationLabels,
         start: Instant,
         request_bytes: u64,
+        log: Record,
     ) -> Response<ProxyBody> {
         let body_len = self.body.len();
         let grpc = self.grpc.then(|| self.headers.get(GRPC_STATUS).and_then(|v| v.to_str().ok()?.parse().ok()));
@@ -154,17 +159,19 @@ impl LocalReply {
             headers.extend(self.headers);
         }
         let response_bytes = super::headers::STATUS_LINE_BYTES + super::headers::block_bytes(headers) + body_len as u64;
+        let elapsed = start.elapsed();
         metrics.record(
             destination,
             &RequestRecord {
                 status: self.status.as_u16(),
                 grpc,
                 flags: &flags,
-                duration_ms: start.elapsed().as_secs_f64() * 1000.0,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
                 request_bytes,
                 response_bytes,
             },
         );
+        log.finish_local(self.status.as_u16(), self.flags, request_bytes, body_len as u64, elapsed);
         response
     }
 }

@@ -18,6 +18,7 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use tokio::time::Instant;
 
+use super::access_log::Record;
 use super::body::{BodyBytes, ProxyBody, RequestBytes};
 use super::exchange::{self, Exchange};
 use super::flags::ResponseFlags;
@@ -69,6 +70,8 @@ pub async fn send_copies(
             flags: ResponseFlags::NONE,
             mutations: None,
             upgrade: None,
+            // Envoy logs the request, not its shadows.
+            log: Record::default(),
         };
         tokio::spawn(async move { drain(exchange::run(ex, copy).await).await });
     }

@@ -37,11 +37,15 @@
 //!   client's certificate.
 //! - `body`: the response body stream and the bookkeeping at its end;
 //!   `headers`, `path`: header and path handling; `listener`: accept loops.
+//! - `access_log`: one line per request (and per TCP connection) on
+//!   stdout, Envoy's text format or JSON with Istio's keys, recorded where
+//!   the metrics are.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+pub mod access_log;
 mod actions;
 pub mod body;
 pub mod capture;
@@ -73,4 +77,6 @@ pub struct Proxy {
     /// The active snapshot, replaced whole on reload.
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
+    /// The access log's format (`Off`: none, at no cost).
+    pub access_log: access_log::Format,
 }

@@ -11,6 +11,7 @@ use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::access_log::{ConnectionInfo, Record};
 use super::actions::{direct_reply, fault_abort, https_redirect, preflight_reply, redirect_reply, rewrite};
 use super::body::{BodyBytes, ProxyBody, RequestBytes};
 use super::capture::Captured;
@@ -38,6 +39,9 @@ pub struct Downstream {
     pub gateway: Option<u16>,
     /// What happens to `x-forwarded-client-cert`, decided at the handshake.
     pub client_cert: ForwardClientCert,
+    /// What the connection's access-log lines share; `None` when the
+    /// access log is off.
+    pub access_log: Option<Arc<ConnectionInfo>>,
     /// Set on connections the sidecar listeners captured.
     pub capture: Option<Arc<Captured>>,
 }
@@ -76,25 +80,29 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
     let snapshot = proxy.snapshot.load();
     let head_bytes = request_head_bytes(&req);
     let grpc = is_grpc(&req);
-    let Chosen { cluster: target, policy, mutations, mirrors } = match route(&snapshot, &downstream, &req, &proxy) {
-        Ok(chosen) => chosen,
-        Err(refusal) => {
-            let (reply, destination) = *refusal;
-            // Errors (flagged) are sent the gRPC way; redirects and direct
-            // responses are not, as in Envoy.
-            let grpc = grpc && !reply.flags.is_empty();
-            return reply.for_grpc(grpc).into_response(&proxy.metrics, &destination, start, head_bytes);
-        }
-    };
+    let mut log = Record::begin(downstream.access_log.as_ref(), &req, head_bytes);
+    let Chosen { cluster: target, policy, mutations, mirrors } =
+        match route(&snapshot, &downstream, &req, &proxy, &mut log) {
+            Ok(chosen) => chosen,
+            Err(refusal) => {
+                let (reply, destination) = *refusal;
+                // Errors (flagged) are sent the gRPC way; redirects and direct
+                // responses are not, as in Envoy.
+                let grpc = grpc && !reply.flags.is_empty();
+                return reply.for_grpc(grpc).into_response(&proxy.metrics, &destination, start, head_bytes, log);
+            }
+        };
     let cluster = match target {
         Target::Index(index) => snapshot.clusters.get(index).cloned(),
         Target::Cluster(cluster) => Some(cluster),
     };
     let Some(cluster) = cluster else {
         let destination = DestinationLabels::for_service("unknown", "unknown", "unknown");
-        return LocalReply::no_cluster().for_grpc(grpc).into_response(&proxy.metrics, &destination, start, head_bytes);
+        let reply = LocalReply::no_cluster().for_grpc(grpc);
+        return reply.into_response(&proxy.metrics, &destination, start, head_bytes, log);
     };
     drop(snapshot);
+    log.cluster(cluster.name());
     let (mut flags, mut timeout_from) = (ResponseFlags::NONE, start);
     if let Some(fault) = mutations.as_deref().and_then(Mutations::fault) {
         let injection = fault.sample(|| fastrand::u32(..MILLION));
@@ -110,7 +118,7 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
             let mut reply = fault_abort(abort).for_grpc(grpc);
             reply.flags |= flags;
             let labels = cluster.service_labels();
-            return reply.into_response(cluster.metrics(), &labels, start, head_bytes);
+            return reply.into_response(cluster.metrics(), &labels, start, head_bytes, log);
         }
     }
     let hash =
@@ -127,6 +135,7 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
         rewrite(&mut req, mutations);
     }
     let (mut upstream_req, request_bytes) = prepare(req, &downstream, head_bytes);
+    log.forwarded(upstream_req.headers());
     if let Some(upgrade) = &upgrade {
         upgrade::restore_headers(upstream_req.headers_mut(), upgrade.protocol.clone());
     }
@@ -137,7 +146,7 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
             Ok(req) => req,
             Err(reply) => {
                 let reply = reply.for_grpc(grpc);
-                return reply.into_response(cluster.metrics(), &cluster.service_labels(), start, head_bytes);
+                return reply.into_response(cluster.metrics(), &cluster.service_labels(), start, head_bytes, log);
             }
         };
     }
@@ -154,17 +163,20 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
         flags,
         mutations,
         upgrade,
+        log,
     };
     exchange::run(ex, upstream_req).await
 }
 
 /// Finds the cluster for `req`, or the local reply to send instead (with
-/// the destination its metrics are recorded against).
+/// the destination its metrics are recorded against); notes the route
+/// matched in `log`.
 fn route(
     snapshot: &Snapshot,
     downstream: &Downstream,
     req: &Request<Incoming>,
     proxy: &Proxy,
+    log: &mut Record,
 ) -> Result<Chosen, Refusal> {
     if let Some(captured) = &downstream.capture {
         if let Some(app) = captured.app() {
@@ -208,7 +220,7 @@ fn route(
         }
         (lookup, _) => lookup,
     };
-    let (route, forward) = match lookup {
+    let route = match lookup {
         Lookup::NoVirtualHost => match &downstream.capture {
             Some(captured) => {
                 let (host, _) = host::split_port(authority);
@@ -220,11 +232,13 @@ fn route(
             None => return Err(local(LocalReply::no_route())),
         },
         Lookup::NoRoute(_) => return Err(local(LocalReply::no_route())),
-        Lookup::Route(_, route) => match &route.action {
-            Action::Forward(forward) => (route, forward),
-            Action::Redirect(redirect) => return Err(local(redirect_reply(redirect, &view, route.extras.as_deref()))),
-            Action::Direct(direct) => return Err(local(direct_reply(direct, route.extras.as_deref()))),
-        },
+        Lookup::Route(_, route) => route,
+    };
+    log.route(&route.name);
+    let forward = match &route.action {
+        Action::Forward(forward) => forward,
+        Action::Redirect(redirect) => return Err(local(redirect_reply(redirect, &view, route.extras.as_deref()))),
+        Action::Direct(direct) => return Err(local(direct_reply(direct, route.extras.as_deref()))),
     };
     let mut cors_origin = None;
     if let Some(cors) = route.extras.as_ref().and_then(|e| e.cors.as_ref()) {

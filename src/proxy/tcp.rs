@@ -14,7 +14,8 @@
 //! `istio_tcp_connections_closed_total` with Envoy's flag: no route `NR`
 //! (a passthrough connection whose first bytes are no ClientHello
 //! included, labelled with destination `unknown`), an unknown cluster
-//! `NC`, no healthy endpoint `UH`, a failed connect `UF`.
+//! `NC`, no healthy endpoint `UH`, a failed connect `UF`. With
+//! `--access-log`, each connection gets a line at its end.
 //!
 //! [`RouteTable::find_tcp`]: crate::routing::RouteTable::find_tcp
 //! [`GatewayListener::find_tcp`]: crate::routing::GatewayListener::find_tcp
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
+use super::access_log::TcpRecord;
 use super::flags::ResponseFlags;
 use super::{passthrough, Proxy};
 use crate::metrics::{DestinationLabels, Metrics, TcpClose};
@@ -89,28 +91,32 @@ pub async fn serve(
 /// Proxies one client connection.
 async fn relay(client: TcpStream, routing: Routing, proxy: Arc<Proxy>) {
     let Ok(local) = client.local_addr() else { return };
+    let log = proxy.access_log.tcp(&client);
     let sni = match routing {
         Routing::GatewayTls(_) => match passthrough::server_name(&client).await {
             Ok(sni) => sni,
             Err(error) => {
                 debug!(%error, "TLS passthrough connection closed");
-                return refuse(&proxy.metrics, &no_route_labels("unknown"), ResponseFlags::NR);
+                return refuse(&proxy.metrics, &no_route_labels("unknown"), ResponseFlags::NR, log);
             }
         },
         Routing::Host(_) | Routing::GatewayTcp(_) | Routing::Captured(_) => None,
     };
     match target(&proxy, &routing, sni.as_deref(), local) {
-        Ok(cluster) => relay_to(client, &cluster).await,
-        Err((labels, flags)) => refuse(&proxy.metrics, &labels, flags),
+        Ok(cluster) => relay_to(client, &cluster, log).await,
+        Err((labels, flags)) => refuse(&proxy.metrics, &labels, flags, log),
     }
 }
 
-/// Proxies one client connection to an endpoint of `cluster`.
-pub async fn relay_to(mut client: TcpStream, cluster: &Cluster) {
+/// Proxies one client connection to an endpoint of `cluster`; `log` is its
+/// access-log line.
+pub async fn relay_to(mut client: TcpStream, cluster: &Cluster, mut log: TcpRecord) {
+    log.cluster(cluster.name());
     let Some(picked) = cluster.pick(None, &[]) else {
-        return refuse(cluster.metrics(), &cluster.service_labels(), ResponseFlags::UH);
+        return refuse(cluster.metrics(), &cluster.service_labels(), ResponseFlags::UH, log);
     };
     let endpoint = picked.endpoint;
+    log.upstream_host(endpoint.addr);
     let labels = endpoint.metrics.labels().clone();
     let metrics = cluster.metrics();
     metrics.tcp_opened(&labels);
@@ -120,11 +126,16 @@ pub async fn relay_to(mut client: TcpStream, cluster: &Cluster) {
         Ok(Ok(upstream)) => upstream,
         Ok(Err(error)) => {
             debug!(%error, addr = %endpoint.addr, "TCP upstream connect failed");
+            log.finish("UF", 0, 0);
             return metrics.tcp_closed(&labels, &TcpClose { flags: "UF", sent: 0, received: 0 });
         }
-        Err(_) => return metrics.tcp_closed(&labels, &TcpClose { flags: "UF", sent: 0, received: 0 }),
+        Err(_) => {
+            log.finish("UF", 0, 0);
+            return metrics.tcp_closed(&labels, &TcpClose { flags: "UF", sent: 0, received: 0 });
+        }
     };
     let _ = upstream.set_nodelay(true);
+    log.connected(&upstream);
     let (received, sent, flags) = match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         Ok((to_upstream, to_client)) => (to_upstream, to_client, "-"),
         Err(error) => {
@@ -133,6 +144,7 @@ pub async fn relay_to(mut client: TcpStream, cluster: &Cluster) {
         }
     };
     metrics.tcp_closed(&labels, &TcpClose { flags, sent, received });
+    log.finish(flags, received, sent);
 }
 
 /// The cluster for a connection arriving at `local` (whose ClientHello
@@ -175,9 +187,11 @@ fn no_route_labels(host: &str) -> DestinationLabels {
     DestinationLabels::for_service(host, host, "unknown")
 }
 
-/// Counts a connection meshd closed without an upstream (it was counted
-/// neither opened nor anything else yet).
-pub fn refuse(metrics: &Metrics, labels: &DestinationLabels, flags: ResponseFlags) {
+/// Counts (and logs) a connection meshd closed without an upstream (it was
+/// counted neither opened nor anything else yet).
+pub fn refuse(metrics: &Metrics, labels: &DestinationLabels, flags: ResponseFlags, log: TcpRecord) {
+    let flags = flags.as_str();
     metrics.tcp_opened(labels);
-    metrics.tcp_closed(labels, &TcpClose { flags: &flags.as_str(), sent: 0, received: 0 });
+    metrics.tcp_closed(labels, &TcpClose { flags: &flags, sent: 0, received: 0 });
+    log.finish(&flags, 0, 0);
 }

@@ -30,7 +30,7 @@ use self::gateways::GatewayListeners;
 use crate::admin::{self, AdminState};
 use crate::config::Sources;
 use crate::metrics::{Metrics, SourceLabels};
-use crate::proxy::{listener, tcp, Proxy};
+use crate::proxy::{access_log, listener, tcp, Proxy};
 use crate::sidecar::capture;
 use crate::snapshot::Snapshot;
 
@@ -62,6 +62,8 @@ pub struct Options {
     pub credentials_dir: Option<PathBuf>,
     /// The workload's mesh certificates for `ISTIO_MUTUAL` (`--mesh-cert-dir`).
     pub mesh_cert_dir: Option<PathBuf>,
+    /// One line per request on stdout, or none (`--access-log`).
+    pub access_log: access_log::Format,
     /// Sidecar capture and its companions (`--sidecar` and its flags).
     pub sidecar: SidecarOptions,
 }
@@ -224,7 +226,7 @@ impl RunningServer {
             ready: Default::default(),
             draining: Default::default(),
         });
-        let proxy = Arc::new(Proxy { snapshot, metrics });
+        let proxy = Arc::new(Proxy { snapshot, metrics, access_log: options.access_log });
         let mut listeners = JoinSet::new();
         for listener in listeners_bound {
             listeners.spawn(listener::serve(listener, proxy.clone(), shutdown_rx.clone(), options.drain_timeout));
@@ -347,6 +349,8 @@ impl RunningServer {
         while self.gateways_closed.recv().await.is_some() {}
         self.stop.send_replace(true);
         self.background.shutdown().await;
+        // The last second of access-log lines.
+        tokio::task::spawn_blocking(access_log::flush).await.ok();
         info!("meshd stopped");
     }
 }

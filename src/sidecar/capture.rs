@@ -158,6 +158,7 @@ impl Listener {
                     Direction::Inbound => Captured::inbound(original, self.app(original.port()), self.policy.clone()),
                 };
                 let downstream = Downstream {
+                    access_log: self.proxy.access_log.connection(&stream, peer),
                     peer,
                     scheme: "http",
                     gateway: None,
@@ -177,25 +178,26 @@ impl Listener {
 
     /// Relays a connection that is not HTTP.
     async fn relay(&self, stream: TcpStream, original: SocketAddr) {
+        let log = self.proxy.access_log.tcp(&stream);
         let allow_any = match self.direction {
-            Direction::Inbound => return relay_to(stream, &self.app(original.port())).await,
+            Direction::Inbound => return relay_to(stream, &self.app(original.port()), log).await,
             Direction::Outbound { allow_any } => allow_any,
         };
         let routing = crate::proxy::tcp::Routing::Captured(original.ip().to_string().into());
         match target(&self.proxy, &routing, None, original) {
-            Ok(cluster) => relay_to(stream, &cluster).await,
+            Ok(cluster) => relay_to(stream, &cluster, log).await,
             Err((_, ResponseFlags::NR)) if allow_any => {
                 let host = original.to_string();
                 let service = service(&host, PASSTHROUGH_CLUSTER, "unknown", Reporter::Source);
                 let cluster =
                     Cluster::single(PASSTHROUGH_CLUSTER, service, original, Labels::default(), &self.proxy.metrics);
-                relay_to(stream, &cluster).await
+                relay_to(stream, &cluster, log).await
             }
             Err((_, ResponseFlags::NR)) => {
                 let labels = DestinationLabels::for_service(&original.to_string(), BLACK_HOLE_CLUSTER, "unknown");
-                refuse(&self.proxy.metrics, &labels, ResponseFlags::NONE)
+                refuse(&self.proxy.metrics, &labels, ResponseFlags::NONE, log)
             }
-            Err((labels, flags)) => refuse(&self.proxy.metrics, &labels, flags),
+            Err((labels, flags)) => refuse(&self.proxy.metrics, &labels, flags, log),
         }
     }
 

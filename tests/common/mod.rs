@@ -614,6 +614,7 @@ pub fn options(config: &Path) -> Options {
         credentials_dir: None,
         mesh_cert_dir: None,
         sidecar: Default::default(),
+        access_log: meshd::proxy::access_log::Format::Off,
     }
 }
 
@@ -884,6 +885,12 @@ pub struct MeshdProcess {
 impl MeshdProcess {
     /// Runs `meshd run --config <config> --listen … --admin … <extra>`.
     pub fn spawn(config: &Path, extra: &[&str]) -> MeshdProcess {
+        MeshdProcess::spawn_with_stdout(config, extra, Stdio::null())
+    }
+
+    /// [`MeshdProcess::spawn`] with stdout going to `stdout`
+    /// (`Stdio::piped()` to read the access log from `child.stdout`).
+    pub fn spawn_with_stdout(config: &Path, extra: &[&str], stdout: Stdio) -> MeshdProcess {
         let (addr, admin) = (free_addr(), free_addr());
         let log = tempfile::NamedTempFile::new().expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_meshd"))
@@ -895,7 +902,7 @@ impl MeshdProcess {
             .env_remove("MESHD_CONFIG")
             .env("MESHD_LOG", "debug")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(log.reopen().expect("log file handle"))
             .spawn()
             .expect("spawn meshd");
