@@ -86,7 +86,7 @@ fn view(cluster: &Cluster) -> ClusterView {
             let s = status(e);
             EndpointView {
                 address: e.addr.to_string(),
-                weight: e.weight,
+                weight: e.weight(),
                 health: if s.ejected { "ejected" } else { "healthy" },
                 ejections: s.num_ejections,
                 ejection_time_left_ms: s.time_left.map_or(0, |d| millis(d).max(1)),

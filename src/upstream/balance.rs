@@ -115,8 +115,8 @@ fn least_request(set: &EndpointSet, n: usize) -> Option<&Arc<Endpoint>> {
     };
     let (ea, eb) = (set.endpoints.get(a)?, set.endpoints.get(b)?);
     // Compare active/weight without division: a/wa <= b/wb ⇔ a·wb <= b·wa.
-    let load_a = u64::from(ea.active_requests()) * u64::from(eb.weight);
-    let load_b = u64::from(eb.active_requests()) * u64::from(ea.weight);
+    let load_a = u64::from(ea.active_requests()) * u64::from(eb.weight());
+    let load_b = u64::from(eb.active_requests()) * u64::from(ea.weight());
     Some(if load_a <= load_b { ea } else { eb })
 }
 
@@ -126,7 +126,7 @@ fn warming<'a>(policy: LbPolicy, set: &'a EndpointSet, warmup: &Warmup, n: usize
     let now = Instant::now();
     let weight = |e: &Endpoint| {
         let factor = e.added.map_or(1.0, |added| warmup.factor(now.saturating_duration_since(added)));
-        f64::from(e.weight) * factor
+        f64::from(e.weight()) * factor
     };
     let total: f64 = set.endpoints.iter().map(|e| weight(e)).sum();
     let draw = || {

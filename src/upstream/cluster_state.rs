@@ -58,10 +58,12 @@ impl ClusterState {
             .iter()
             .chain(resolved.iter())
             .map(|e| {
-                let kept =
-                    previous.and_then(|p| p.endpoints.iter().find(|old| old.same_as(e.addr, e.weight, &e.labels)));
+                let kept = previous.and_then(|p| p.endpoints.iter().find(|old| old.same_as(e.addr, &e.labels)));
                 match kept {
-                    Some(kept) => kept.clone(),
+                    Some(kept) => {
+                        kept.set_weight(e.weight);
+                        kept.clone()
+                    }
                     None => {
                         let endpoint = Endpoint::new(e.addr, e.weight, e.labels.clone(), &spec.service, metrics);
                         Arc::new(if live { endpoint.added_at(now) } else { endpoint })
@@ -86,7 +88,7 @@ impl ClusterState {
         let panic = outlier::panic(up.len(), total, min_health);
         let healthy = if panic || up.len() == total { endpoints.clone() } else { up };
         let hash = spec.policy.hash.as_ref().and_then(|h| {
-            let hosts: Vec<_> = healthy.iter().map(|e| (e.addr, e.weight)).collect();
+            let hosts: Vec<_> = healthy.iter().map(|e| (e.addr, e.weight())).collect();
             HashTable::build(h.table, &hosts)
         });
         ClusterState {
@@ -151,6 +153,27 @@ mod tests {
         let hosts = state.endpoints.endpoints.iter().map(|e| &e.outlier);
         let host = &state.endpoints.endpoints[i].outlier;
         assert!(detector.report(config, hosts, host, Trigger::Consecutive5xx, Instant::now()));
+    }
+
+    /// A reload that changes only an endpoint's weight keeps the endpoint
+    /// (its connections and its ejection), as Envoy keeps a host across
+    /// EDS weight changes; a new address is a new endpoint.
+    #[test]
+    fn a_weight_change_keeps_the_endpoint_and_its_ejection() {
+        let metrics = Metrics::new(SourceLabels::unknown()).unwrap();
+        let detector = OutlierDetector::new();
+        let state = ClusterState::build(Arc::new(spec(0)), Vec::new(), None, &metrics);
+        eject(&detector, &state, 0);
+        let mut reweighted = spec(0);
+        reweighted.endpoints[0].weight = 5;
+        reweighted.endpoints[2].addr = ([127, 0, 0, 1], 9999).into();
+        let next = ClusterState::build(Arc::new(reweighted), Vec::new(), Some(&state.endpoints), &metrics);
+        assert!(Arc::ptr_eq(&next.endpoints.endpoints[0], &state.endpoints.endpoints[0]));
+        assert_eq!(next.endpoints.endpoints[0].weight(), 5);
+        assert!(next.endpoints.weighted);
+        assert_eq!(next.endpoints.total_weight(), 7);
+        assert_eq!(next.healthy.endpoints.len(), 2, "still ejected after the reload");
+        assert!(!Arc::ptr_eq(&next.endpoints.endpoints[2], &state.endpoints.endpoints[2]));
     }
 
     #[test]

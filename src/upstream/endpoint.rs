@@ -17,8 +17,10 @@ use super::pool::ConnectionPool;
 /// An endpoint: address, weight, labels, and live state.
 pub struct Endpoint {
     pub addr: SocketAddr,
-    /// Balancing weight (Istio default 1).
-    pub weight: u32,
+    /// Balancing weight (Istio default 1). Updated in place when a reload
+    /// changes only the weight: the endpoint keeps its connections and its
+    /// outlier state, as an Envoy host does across EDS weight changes.
+    weight: AtomicU32,
     pub labels: Arc<Labels>,
     /// Requests in flight, for least-request balancing. Incremented when
     /// the endpoint is picked, decremented when the response completes.
@@ -71,7 +73,7 @@ impl Endpoint {
         let destination = crate::metrics::DestinationLabels::of(service).with_endpoint(&labels);
         Endpoint {
             addr,
-            weight: weight.max(1),
+            weight: AtomicU32::new(weight.max(1)),
             labels,
             active: AtomicU32::new(0),
             pools: OnceLock::new(),
@@ -88,9 +90,20 @@ impl Endpoint {
         self
     }
 
-    /// Whether this endpoint can stand for a new spec unchanged.
-    pub fn same_as(&self, addr: SocketAddr, weight: u32, labels: &Labels) -> bool {
-        self.addr == addr && self.weight == weight.max(1) && *self.labels == *labels
+    /// Whether this endpoint can stand for a new spec (its weight is set
+    /// apart, with [`Endpoint::set_weight`]).
+    pub fn same_as(&self, addr: SocketAddr, labels: &Labels) -> bool {
+        self.addr == addr && *self.labels == *labels
+    }
+
+    /// Balancing weight (Istio default 1).
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    /// Sets the weight a reload gave the endpoint.
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight.max(1), Ordering::Relaxed);
     }
 
     /// The calling worker's connection pool.
@@ -142,12 +155,12 @@ impl EndpointSet {
     /// The set of `endpoints`; with `warmup`, endpoints added less than
     /// its duration ago get slow start.
     pub fn new(endpoints: Vec<Arc<Endpoint>>, warmup: Option<Warmup>) -> Self {
-        let weighted = endpoints.windows(2).any(|w| w[0].weight != w[1].weight);
+        let weighted = endpoints.windows(2).any(|w| w[0].weight() != w[1].weight());
         let mut sum = 0u64;
         let cumulative = endpoints
             .iter()
             .map(|e| {
-                sum += u64::from(e.weight);
+                sum += u64::from(e.weight());
                 sum
             })
             .collect();
