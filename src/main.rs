@@ -51,6 +51,8 @@ struct RunArgs {
     listen: Vec<ListenAddr>,
     #[command(flatten)]
     sidecar: SidecarArgs,
+    #[command(flatten)]
+    limits: LimitArgs,
     /// Admin listen address (loopback by default).
     #[arg(long, env = "MESHD_ADMIN", default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
@@ -81,6 +83,26 @@ struct RunArgs {
     /// connection): Envoy's text format or JSON, with Istio's fields.
     #[arg(long, env = "MESHD_ACCESS_LOG", value_enum, default_value_t = AccessLog::Off)]
     access_log: AccessLog,
+}
+
+/// Downstream limits and timeouts (README: Hostile input and limits).
+#[derive(Args)]
+struct LimitArgs {
+    /// Largest request body, by Content-Length, in bytes (413 past it)
+    /// [default: unlimited].
+    #[arg(long, env = "MESHD_MAX_REQUEST_BODY")]
+    max_request_body: Option<u64>,
+    /// Downstream connections open at once; more are accepted and closed
+    /// [default: unlimited].
+    #[arg(long, env = "MESHD_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// How long an HTTP/1 client has to send a request head (also the
+    /// keep-alive idle time between requests).
+    #[arg(long, env = "MESHD_REQUEST_HEADERS_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    request_headers_timeout: Duration,
+    /// How long a connection may move no bytes before it is closed.
+    #[arg(long, env = "MESHD_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    idle_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -350,6 +372,12 @@ async fn run(args: RunArgs, workers: usize) -> ExitCode {
             AccessLog::Text => access_log::Format::Text,
             AccessLog::Json => access_log::Format::Json,
             AccessLog::Off => access_log::Format::Off,
+        },
+        limits: meshd::proxy::limits::Limits {
+            max_request_body: args.limits.max_request_body,
+            max_connections: args.limits.max_connections,
+            request_headers_timeout: args.limits.request_headers_timeout,
+            idle_timeout: args.limits.idle_timeout,
         },
     };
     match RunningServer::start(options).await {

@@ -55,6 +55,12 @@ pub struct Metrics {
     pub config_version: prometheus::IntGauge,
     /// `meshd_downstream_connections_active`.
     pub downstream_connections: prometheus::IntGauge,
+    /// `meshd_downstream_connections_refused_total`: connections closed at
+    /// accept because `--max-connections` were open.
+    pub downstream_refused: IntCounter,
+    /// `meshd_downstream_timeouts_total{kind="request_headers"|"idle"}`:
+    /// connections closed by a downstream timeout.
+    pub downstream_timeouts: IntCounterVec,
     /// `envoy_cluster_upstream_cx_total{cluster_name}`-style counters are
     /// per cluster; this family holds connects by result.
     pub upstream_connects: IntCounterVec,
@@ -148,6 +154,14 @@ impl Metrics {
                 "meshd_downstream_connections_active",
                 "Open downstream connections",
             )?,
+            downstream_refused: IntCounter::new(
+                "meshd_downstream_connections_refused_total",
+                "Downstream connections closed at accept over --max-connections",
+            )?,
+            downstream_timeouts: IntCounterVec::new(
+                Opts::new("meshd_downstream_timeouts_total", "Downstream connections closed by a timeout"),
+                &["kind"],
+            )?,
             upstream_connects: IntCounterVec::new(
                 Opts::new("meshd_upstream_connects_total", "Upstream connection attempts by result"),
                 &["result"],
@@ -170,6 +184,8 @@ impl Metrics {
         r.register(Box::new(metrics.config_reload_seconds.clone()))?;
         r.register(Box::new(metrics.downstream_connections.clone()))?;
         r.register(Box::new(metrics.upstream_connects.clone()))?;
+        r.register(Box::new(metrics.downstream_refused.clone()))?;
+        r.register(Box::new(metrics.downstream_timeouts.clone()))?;
         r.register(Box::new(build))?;
         Ok(Arc::new(metrics))
     }

@@ -2,6 +2,10 @@
 //! prior knowledge, detected from the connection preface by
 //! [`detect`](super::detect)) on them, with hyper's own HTTP/1 and HTTP/2
 //! servers.
+//!
+//! The limits hyper enforces are set explicitly in [`Servers::new`] (see
+//! [`limits`](super::limits) for what each guards against); a connection
+//! over `--max-connections` is accepted and closed at once.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -19,6 +23,7 @@ use tracing::{debug, warn};
 
 use super::body::ProxyBody;
 use super::detect::{detect, Protocol};
+use super::limits::{self, Activity};
 use super::service::{handle, Downstream};
 use super::terminate::Termination;
 use super::xfcc::ForwardClientCert;
@@ -82,8 +87,14 @@ pub async fn serve_on(
     drain_timeout: Duration,
 ) {
     let (open, mut all_closed) = mpsc::channel::<()>(1);
-    let servers = Arc::new(Servers::new());
+    let servers = Arc::new(Servers::new(&proxy));
     while let Some((stream, peer)) = next_connection(&listener, &mut shutdown).await {
+        let Some(slot) = proxy.connections.acquire(proxy.limits.max_connections) else {
+            proxy.metrics.downstream_refused.inc();
+            debug!(%peer, "over --max-connections; closed");
+            drop(stream);
+            continue;
+        };
         if let Err(error) = stream.set_nodelay(true) {
             debug!(%error, "set_nodelay failed");
         }
@@ -121,6 +132,7 @@ pub async fn serve_on(
                 debug!(%peer, %error, "downstream connection ended with an error");
             }
             gauge.dec();
+            drop(slot);
             drop(open);
         });
     }
@@ -160,25 +172,62 @@ fn request_service(proxy: Arc<Proxy>, downstream: Downstream) -> impl HttpServic
 }
 
 /// The HTTP/1 and HTTP/2 server settings every connection of a listener
-/// shares.
+/// shares, and the idle timeout.
 pub struct Servers {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
+    /// A connection moving no bytes for this long is closed.
+    idle_timeout: Duration,
+    /// `meshd_downstream_timeouts_total{kind="request_headers"}`.
+    header_timeouts: prometheus::IntCounter,
+    /// `meshd_downstream_timeouts_total{kind="idle"}`.
+    idle_timeouts: prometheus::IntCounter,
 }
 
 // === impl Servers ===
 
 impl Servers {
-    pub fn new() -> Self {
+    /// The servers for `proxy`'s limits. Every limit is set explicitly,
+    /// even where it is hyper's default, so an upgrade of hyper cannot
+    /// loosen one unnoticed:
+    ///
+    /// - HTTP/1: request head at most [`limits::MAX_HEADER_BYTES`] and
+    ///   [`limits::MAX_HEADERS`] headers (431), the head within
+    ///   `request_headers_timeout` (hyper starts it when it waits for a
+    ///   head, so it bounds keep-alive idleness too; one boxed timer per
+    ///   request head, the price of slowloris protection).
+    /// - HTTP/2: header list at most [`limits::MAX_HEADER_BYTES`]
+    ///   (`SETTINGS_MAX_HEADER_LIST_SIZE`; a CONTINUATION flood hits it
+    ///   and h2 refuses the stream), [`limits::H2_MAX_CONCURRENT_STREAMS`],
+    ///   rapid reset bounded by `max_pending_accept_reset_streams` and
+    ///   `max_local_error_reset_streams` (GOAWAY past them). A SETTINGS
+    ///   flood is bounded by h2 itself: it queues at most one pending
+    ///   SETTINGS ACK per read and answers each before reading more.
+    pub fn new(proxy: &Proxy) -> Self {
+        let limits = &proxy.limits;
         let mut http1 = http1::Builder::new();
-        // No per-request header-read timer: like Envoy's default
-        // (`request_headers_timeout` unset), and it would arm a boxed timer
-        // for every request head. Slow-client limits belong to the
-        // connection.
-        http1.timer(TokioTimer::new()).header_read_timeout(None).keep_alive(true);
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.request_headers_timeout)
+            .keep_alive(true)
+            .max_headers(limits::MAX_HEADERS)
+            .max_header_size(limits::MAX_HEADER_BYTES)
+            .max_buf_size(limits::MAX_HEADER_BYTES + 4096);
         let mut http2 = http2::Builder::new(TokioExecutor::new());
-        http2.timer(TokioTimer::new());
-        Servers { http1, http2 }
+        http2
+            .timer(TokioTimer::new())
+            .max_header_list_size(limits::MAX_HEADER_BYTES as u32)
+            .max_concurrent_streams(limits::H2_MAX_CONCURRENT_STREAMS)
+            .max_pending_accept_reset_streams(limits::H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+            .max_local_error_reset_streams(limits::H2_MAX_LOCAL_ERROR_RESET_STREAMS);
+        let timeouts = &proxy.metrics.downstream_timeouts;
+        Servers {
+            http1,
+            http2,
+            idle_timeout: limits.idle_timeout,
+            header_timeouts: timeouts.with_label_values(&["request_headers"]),
+            idle_timeouts: timeouts.with_label_values(&["idle"]),
+        }
     }
 
     /// Serves one connection. Until its first bytes arrive it holds no
@@ -246,7 +295,8 @@ impl Servers {
         self.serve_http(tls, protocol, service, shutdown).await
     }
 
-    /// HTTP/1.1 or HTTP/2 on `io` until it closes or a drain ends it.
+    /// HTTP/1.1 or HTTP/2 on `io` until it closes, a drain ends it, or it
+    /// stays idle past the idle timeout.
     async fn serve_http<I, S>(
         &self,
         io: I,
@@ -259,27 +309,46 @@ impl Servers {
         S: HttpService,
         S::Future: Send + 'static,
     {
-        match protocol {
+        let (io, moved) = Activity::new(io);
+        let ended = match protocol {
             Protocol::Http1 => {
                 let mut conn = std::pin::pin!(self.http1.serve_connection(TokioIo::new(io), service).with_upgrades());
                 tokio::select! {
-                    ended = conn.as_mut() => return ended,
-                    _ = shutdown.wait_for(|stop| *stop) => conn.as_mut().graceful_shutdown(),
+                    ended = conn.as_mut() => ended,
+                    _ = limits::idle(&moved, self.idle_timeout) => return Ok(self.idle_timeouts.inc()),
+                    _ = drained(&mut shutdown) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
                 }
-                conn.await
             }
             // Boxed: HTTP/2 connections are few next to HTTP/1 ones, and
             // inline its state would size every connection's task.
             Protocol::Http2 => {
                 let mut conn = Box::pin(self.http2.serve_connection(TokioIo::new(io), service));
                 tokio::select! {
-                    ended = conn.as_mut() => return ended,
-                    _ = shutdown.wait_for(|stop| *stop) => conn.as_mut().graceful_shutdown(),
+                    ended = conn.as_mut() => ended,
+                    _ = limits::idle(&moved, self.idle_timeout) => return Ok(self.idle_timeouts.inc()),
+                    _ = drained(&mut shutdown) => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
                 }
-                conn.await
+            }
+        };
+        if let Err(error) = &ended {
+            if error.is_timeout() {
+                self.header_timeouts.inc();
             }
         }
+        ended
     }
+}
+
+/// Resolves once `shutdown` turns true (holding no `watch::Ref`, which is
+/// not `Send`, past its end).
+async fn drained(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// The service every connection runs: the request path.

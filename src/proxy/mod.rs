@@ -40,6 +40,8 @@
 //! - `access_log`: one line per request (and per TCP connection) on
 //!   stdout, Envoy's text format or JSON with Istio's keys, recorded where
 //!   the metrics are.
+//! - `limits`: hostile and slow clients: request checks hyper leaves to
+//!   meshd, connection limits, the idle watchdog.
 
 use std::sync::Arc;
 
@@ -55,6 +57,7 @@ pub mod flags;
 mod forward;
 pub mod hash_key;
 pub mod headers;
+pub mod limits;
 pub mod listener;
 mod local;
 mod mirror;
@@ -79,4 +82,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// The access log's format (`Off`: none, at no cost).
     pub access_log: access_log::Format,
+    /// Request and connection limits and timeouts (`limits`).
+    pub limits: limits::Limits,
+    /// Downstream connections open now, against `limits.max_connections`.
+    pub connections: Arc<limits::ConnectionCount>,
 }

@@ -20,7 +20,7 @@ use super::hash_key::{self, RequestHash};
 use super::headers;
 use super::local::LocalReply;
 use super::xfcc::ForwardClientCert;
-use super::{mirror, overrides, path, upgrade, Proxy, ResponseFlags};
+use super::{limits, mirror, overrides, path, upgrade, Proxy, ResponseFlags};
 use crate::config::host;
 use crate::metrics::DestinationLabels;
 use crate::routing::actions::{sampled, CorsDecision, Mirror, Mutations, MILLION};
@@ -81,6 +81,9 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
     let head_bytes = request_head_bytes(&req);
     let grpc = is_grpc(&req);
     let mut log = Record::begin(downstream.access_log.as_ref(), &req, head_bytes);
+    if let Some(refusal) = limits::check(&req, &proxy.limits) {
+        return refuse(refusal, &proxy, start, head_bytes, log);
+    }
     let Chosen { cluster: target, policy, mutations, mirrors } =
         match route(&snapshot, &downstream, &req, &proxy, &mut log) {
             Ok(chosen) => chosen,
@@ -166,6 +169,23 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
         log,
     };
     exchange::run(ex, upstream_req).await
+}
+
+/// The local reply to a request [`limits::check`] refused (`DPE`), sent
+/// with `Connection: close`: what else the client sent on this connection
+/// is not to be trusted.
+#[cold]
+fn refuse(
+    refusal: limits::Refusal,
+    proxy: &Proxy,
+    start: Instant,
+    head_bytes: u64,
+    log: Record,
+) -> Response<ProxyBody> {
+    let mut reply = LocalReply::new(refusal.status(), ResponseFlags::DPE, refusal.message());
+    reply.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let destination = DestinationLabels::for_service("unknown", "unknown", "unknown");
+    reply.into_response(&proxy.metrics, &destination, start, head_bytes, log)
 }
 
 /// Finds the cluster for `req`, or the local reply to send instead (with

@@ -66,6 +66,9 @@ pub struct Options {
     pub access_log: access_log::Format,
     /// Sidecar capture and its companions (`--sidecar` and its flags).
     pub sidecar: SidecarOptions,
+    /// Request and connection limits and timeouts (`--max-request-body`,
+    /// `--max-connections`, `--request-headers-timeout`, `--idle-timeout`).
+    pub limits: crate::proxy::limits::Limits,
 }
 
 /// The sidecar listeners; all off by default.
@@ -226,7 +229,13 @@ impl RunningServer {
             ready: Default::default(),
             draining: Default::default(),
         });
-        let proxy = Arc::new(Proxy { snapshot, metrics, access_log: options.access_log });
+        let proxy = Arc::new(Proxy {
+            snapshot,
+            metrics,
+            access_log: options.access_log,
+            limits: options.limits.clone(),
+            connections: Default::default(),
+        });
         let mut listeners = JoinSet::new();
         for listener in listeners_bound {
             listeners.spawn(listener::serve(listener, proxy.clone(), shutdown_rx.clone(), options.drain_timeout));

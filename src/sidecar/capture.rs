@@ -95,8 +95,8 @@ pub async fn serve(
     let state = Arc::new(Listener {
         direction,
         local,
+        servers: Servers::new(&proxy),
         proxy,
-        servers: Servers::new(),
         policy: Arc::new(RoutePolicy { timeout: None, retry: None }),
         apps: ArcSwap::default(),
     });
