@@ -178,6 +178,9 @@ pub struct Servers {
     http2: http2::Builder<TokioExecutor>,
     /// A connection moving no bytes for this long is closed.
     idle_timeout: Duration,
+    /// How long a new connection has to send its first bytes (then hyper's
+    /// header read timeout, the same length, takes over).
+    first_bytes_timeout: Duration,
     /// `meshd_downstream_timeouts_total{kind="request_headers"}`.
     header_timeouts: prometheus::IntCounter,
     /// `meshd_downstream_timeouts_total{kind="idle"}`.
@@ -225,13 +228,15 @@ impl Servers {
             http1,
             http2,
             idle_timeout: limits.idle_timeout,
+            first_bytes_timeout: limits.request_headers_timeout,
             header_timeouts: timeouts.with_label_values(&["request_headers"]),
             idle_timeouts: timeouts.with_label_values(&["idle"]),
         }
     }
 
     /// Serves one connection. Until its first bytes arrive it holds no
-    /// HTTP state, and a drain closes it at once; after that a drain lets
+    /// HTTP state, a drain closes it at once, and so does the request
+    /// headers timeout; after that a drain lets
     /// it finish its requests (HTTP/1.1: no more keep-alive; HTTP/2:
     /// GOAWAY). HTTP/1.1 connections may be upgraded (WebSocket and other
     /// `Upgrade`s); the request path tunnels them.
@@ -246,8 +251,12 @@ impl Servers {
         S::Future: Send + 'static,
     {
         let detected = tokio::select! {
-            detected = detect(&stream) => detected,
+            detected = tokio::time::timeout(self.first_bytes_timeout, detect(&stream)) => detected,
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        };
+        let Ok(detected) = detected else {
+            self.header_timeouts.inc();
+            return Ok(());
         };
         match detected {
             Ok(Some(protocol)) => self.serve_http(stream, protocol, service, shutdown).await,
