@@ -11,7 +11,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -218,4 +218,152 @@ async fn connections_over_the_limit_are_closed() {
     let ok =
         exchange(mesh.addr, format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes()).await;
     assert!(ok.starts_with("HTTP/1.1 200 "), "{ok}");
+}
+
+// ---------------------------------------------------------------------------
+// HTTP/2 (h2c prior knowledge), written frame by frame
+// ---------------------------------------------------------------------------
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut out = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// HPACK: a header literal, not indexed, with a literal name (both < 127
+/// bytes).
+fn literal(name: &str, value: &str) -> Vec<u8> {
+    let mut out = vec![0x00, name.len() as u8];
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+    out
+}
+
+/// HPACK: `GET / http` and `:authority: HOST`.
+fn get_block() -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x84, 0x01, HOST.len() as u8];
+    block.extend_from_slice(HOST.as_bytes());
+    block
+}
+
+/// The frames the server sends until it closes (or `within` passes):
+/// `(type, flags, stream, payload)`, and whether it closed.
+async fn frames_until_close(stream: &mut TcpStream, within: Duration) -> (Vec<(u8, u8, u32, Vec<u8>)>, bool) {
+    let mut raw = Vec::new();
+    let closed = tokio::time::timeout(within, stream.read_to_end(&mut raw)).await.is_ok();
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while raw.len() >= at + 9 {
+        let len = (usize::from(raw[at]) << 16) | (usize::from(raw[at + 1]) << 8) | usize::from(raw[at + 2]);
+        let id = u32::from_be_bytes([raw[at + 5], raw[at + 6], raw[at + 7], raw[at + 8]]) & 0x7fff_ffff;
+        let end = (at + 9 + len).min(raw.len());
+        frames.push((raw[at + 3], raw[at + 4], id, raw[at + 9..end].to_vec()));
+        at = end;
+    }
+    (frames, closed)
+}
+
+async fn h2_connect(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut hello = PREFACE.to_vec();
+    hello.extend(frame(SETTINGS, 0, 0, &[]));
+    stream.write_all(&hello).await.expect("preface");
+    stream
+}
+
+/// Scenario: HTTP/2 `host` disagreeing with `:authority` is 400 and not
+/// forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_host_disagreeing_with_authority_is_400() {
+    let (mesh, _up, seen) = mesh_with(|_| {}).await;
+    let mut stream = h2_connect(mesh.addr).await;
+    let mut block = get_block();
+    block.extend(literal("host", "evil.example.com"));
+    let mut out = frame(HEADERS, END_STREAM | END_HEADERS, 1, &block);
+    out.extend(frame(GOAWAY, 0, 0, &[0, 0, 0, 1, 0, 0, 0, 0]));
+    stream.write_all(&out).await.expect("write");
+    let (frames, _) = frames_until_close(&mut stream, Duration::from_secs(3)).await;
+    let response = frames.iter().find(|f| f.0 == HEADERS && f.2 == 1).expect("a response on stream 1");
+    // HPACK static index 12 is `:status: 400`.
+    assert_eq!(response.3.first(), Some(&0x8c), "{frames:?}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+/// Scenario: rapid reset (CVE-2023-44487): 1,000 streams opened and reset
+/// at once end in GOAWAY `ENHANCE_YOUR_CALM` and a closed connection;
+/// most never reach the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_rapid_reset_ends_the_connection() {
+    let (mesh, _up, seen) = mesh_with(|_| {}).await;
+    let mut stream = h2_connect(mesh.addr).await;
+    let block = get_block();
+    let mut out = Vec::new();
+    for i in 0..1000u32 {
+        let id = 2 * i + 1;
+        out.extend(frame(HEADERS, END_STREAM | END_HEADERS, id, &block));
+        out.extend(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+    }
+    let _ = stream.write_all(&out).await;
+    let (frames, closed) = frames_until_close(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed, "the connection stayed open");
+    let goaway = frames.iter().find(|f| f.0 == GOAWAY).expect("a GOAWAY");
+    assert_eq!(goaway.3.get(4..8), Some(&0xbu32.to_be_bytes()[..]), "ENHANCE_YOUR_CALM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let forwarded = seen.lock().unwrap().len();
+    assert!(forwarded < 200, "{forwarded} of 1000 reset streams forwarded");
+}
+
+/// Scenario: CONTINUATION flood (CVE-2024-27316 family): a header block
+/// that never ends, past the 60 KiB header list limit, ends the connection
+/// and forwards nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_continuation_flood_ends_the_connection() {
+    let (mesh, _up, seen) = mesh_with(|_| {}).await;
+    let mut stream = h2_connect(mesh.addr).await;
+    let mut out = frame(HEADERS, END_STREAM, 1, &get_block());
+    let filler = literal("x-flood", &"a".repeat(100));
+    for _ in 0..3000 {
+        out.extend(frame(CONTINUATION, 0, 1, &filler));
+    }
+    let _ = stream.write_all(&out).await;
+    let (frames, closed) = frames_until_close(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed, "the connection stayed open; frames: {:?}", frames.iter().map(|f| f.0).collect::<Vec<_>>());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+/// Scenario: SETTINGS flood: 20,000 SETTINGS frames from a client that
+/// reads no ACKs. h2 answers one at a time and stops reading while the ACK
+/// cannot be written, so the flood costs a bounded buffer; meshd keeps
+/// serving other connections promptly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_settings_flood_stays_bounded() {
+    let (mesh, _up, seen) = mesh_with(|_| {}).await;
+    let mut stream = h2_connect(mesh.addr).await;
+    let one = frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]);
+    let flood: Vec<u8> = one.iter().copied().cycle().take(one.len() * 20_000).collect();
+    let writer = tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&flood)).await;
+        stream
+    });
+    let start = Instant::now();
+    let ok =
+        exchange(mesh.addr, format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes()).await;
+    assert!(ok.starts_with("HTTP/1.1 200 "), "{ok}");
+    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    drop(writer.await);
 }
