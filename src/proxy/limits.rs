@@ -177,7 +177,7 @@ pub fn check<B>(req: &Request<B>, limits: &Limits) -> Option<Refusal> {
         return Some(Refusal::Asterisk);
     }
     if let (Some(authority), Some(host)) = (uri.authority(), req.headers().get(header::HOST)) {
-        if !host.as_bytes().eq_ignore_ascii_case(authority.as_str().as_bytes()) {
+        if !same_authority(host.as_bytes(), authority.as_str().as_bytes()) {
             return Some(Refusal::HostMismatch);
         }
     }
@@ -194,6 +194,16 @@ pub fn check<B>(req: &Request<B>, limits: &Limits) -> Option<Refusal> {
         }
     }
     None
+}
+
+/// Whether two authorities name the same host and port, ignoring case
+/// and a default port (`:80`, `:443`) on either side (clients differ on
+/// whether `Host` carries it).
+fn same_authority(a: &[u8], b: &[u8]) -> bool {
+    fn without_default_port(x: &[u8]) -> &[u8] {
+        x.strip_suffix(b":80").or_else(|| x.strip_suffix(b":443")).unwrap_or(x)
+    }
+    without_default_port(a).eq_ignore_ascii_case(without_default_port(b))
 }
 
 // === impl Activity ===
@@ -305,6 +315,8 @@ mod tests {
         assert_eq!(check(&req(Method::OPTIONS, "*", Some("a")), &limits), None);
         assert_eq!(check(&req(Method::GET, "http://a/x", Some("A")), &limits), None);
         assert_eq!(check(&req(Method::GET, "http://a/x", Some("b")), &limits), Some(Refusal::HostMismatch));
+        assert_eq!(check(&req(Method::GET, "http://a:80/x", Some("a")), &limits), None);
+        assert_eq!(check(&req(Method::GET, "http://a:8080/x", Some("a")), &limits), Some(Refusal::HostMismatch));
         let long = format!("/{}", "x".repeat(MAX_URI_BYTES));
         assert_eq!(check(&req(Method::GET, &long, Some("a")), &limits), Some(Refusal::UriTooLong));
         let mut big = req(Method::POST, "/", Some("a"));

@@ -324,7 +324,10 @@ impl Servers {
                 let mut conn = std::pin::pin!(self.http1.serve_connection(TokioIo::new(io), service).with_upgrades());
                 tokio::select! {
                     ended = conn.as_mut() => ended,
-                    _ = limits::idle(&moved, self.idle_timeout) => return Ok(self.idle_timeouts.inc()),
+                    _ = limits::idle(&moved, self.idle_timeout) => {
+                        self.idle_timeouts.inc();
+                        return Ok(());
+                    }
                     _ = drained(&mut shutdown) => {
                         conn.as_mut().graceful_shutdown();
                         conn.await
@@ -337,7 +340,10 @@ impl Servers {
                 let mut conn = Box::pin(self.http2.serve_connection(TokioIo::new(io), service));
                 tokio::select! {
                     ended = conn.as_mut() => ended,
-                    _ = limits::idle(&moved, self.idle_timeout) => return Ok(self.idle_timeouts.inc()),
+                    _ = limits::idle(&moved, self.idle_timeout) => {
+                        self.idle_timeouts.inc();
+                        return Ok(());
+                    }
                     _ = drained(&mut shutdown) => {
                         conn.as_mut().graceful_shutdown();
                         conn.await
