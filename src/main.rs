@@ -382,7 +382,10 @@ fn sidecar_options(args: &SidecarArgs) -> SidecarOptions {
 fn validate(args: ValidateArgs) -> ExitCode {
     let sources = Sources { paths: args.paths, namespace: namespace(&args.namespace) };
     let problems = match config::load_and_validate(&sources) {
-        Ok((_, warnings)) => warnings,
+        Ok((config, mut warnings)) => {
+            warnings.extend(config::keys::world_readable(&config, &Default::default()));
+            warnings
+        }
         Err(refused) => refused.problems,
     };
     for problem in &problems {
