@@ -53,6 +53,7 @@ pub async fn run(config: PathBuf, namespace: String) -> ExitCode {
         mesh_cert_dir: None,
         sidecar: Default::default(),
         access_log: crate::proxy::access_log::Format::Off,
+        admin_allow_mutations: false,
     };
     let server = match RunningServer::start(options).await {
         Ok(server) => server,

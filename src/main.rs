@@ -54,6 +54,10 @@ struct RunArgs {
     /// Admin listen address (loopback by default).
     #[arg(long, env = "MESHD_ADMIN", default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
+    /// Enable the admin API's POST /reload (as SIGHUP) and POST /drain (as
+    /// SIGTERM); without it they answer 403.
+    #[arg(long, env = "MESHD_ADMIN_ALLOW_MUTATIONS")]
+    admin_allow_mutations: bool,
     #[command(flatten)]
     common: CommonArgs,
     /// How long SIGTERM waits for in-flight requests (e.g. 5s, 500ms).
@@ -342,6 +346,7 @@ async fn run(args: RunArgs, workers: usize) -> ExitCode {
         credentials_dir: args.credentials_dir,
         mesh_cert_dir: args.mesh_cert_dir,
         admin: args.admin,
+        admin_allow_mutations: args.admin_allow_mutations,
         namespace: namespace(&args.common.namespace),
         drain_timeout: args.drain_timeout,
         watch: !args.no_watch,

@@ -615,6 +615,7 @@ pub fn options(config: &Path) -> Options {
         mesh_cert_dir: None,
         sidecar: Default::default(),
         access_log: meshd::proxy::access_log::Format::Off,
+        admin_allow_mutations: false,
     }
 }
 
