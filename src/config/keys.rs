@@ -16,7 +16,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::resources::{ClientTlsSettings, Resource, TrafficPolicy};
+use super::resources::{ClientTlsSettings, DestinationRule, Resource};
 use super::{Config, Problem};
 
 /// The "other" read bit.
@@ -77,17 +77,13 @@ fn is_world_readable(path: &Path) -> bool {
 }
 
 /// Every client TLS setting of a DestinationRule.
-fn client_tls(rule: &Resource<super::resources::DestinationRule>) -> Vec<&ClientTlsSettings> {
+fn client_tls(rule: &Resource<DestinationRule>) -> Vec<&ClientTlsSettings> {
     let policies = rule
         .spec
         .traffic_policy
         .iter()
         .chain(rule.spec.subsets.iter().flatten().filter_map(|s| s.traffic_policy.as_ref()));
-    policies
-        .flat_map(|p: &Box<TrafficPolicy>| {
-            p.tls.iter().chain(p.port_level_settings.iter().filter_map(|l| l.tls.as_ref()))
-        })
-        .collect()
+    policies.flat_map(|p| p.tls.iter().chain(p.port_level_settings.iter().filter_map(|l| l.tls.as_ref()))).collect()
 }
 
 #[cfg(test)]
