@@ -54,6 +54,7 @@ pub async fn run(config: PathBuf, namespace: String) -> ExitCode {
         sidecar: Default::default(),
         access_log: crate::proxy::access_log::Format::Off,
         limits: Default::default(),
+        admin_allow_mutations: false,
     };
     let server = match RunningServer::start(options).await {
         Ok(server) => server,

@@ -56,6 +56,10 @@ struct RunArgs {
     /// Admin listen address (loopback by default).
     #[arg(long, env = "MESHD_ADMIN", default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
+    /// Enable the admin API's POST /reload (as SIGHUP) and POST /drain (as
+    /// SIGTERM); without it they answer 403.
+    #[arg(long, env = "MESHD_ADMIN_ALLOW_MUTATIONS")]
+    admin_allow_mutations: bool,
     #[command(flatten)]
     common: CommonArgs,
     /// How long SIGTERM waits for in-flight requests (e.g. 5s, 500ms).
@@ -364,6 +368,7 @@ async fn run(args: RunArgs, workers: usize) -> ExitCode {
         credentials_dir: args.credentials_dir,
         mesh_cert_dir: args.mesh_cert_dir,
         admin: args.admin,
+        admin_allow_mutations: args.admin_allow_mutations,
         namespace: namespace(&args.common.namespace),
         drain_timeout: args.drain_timeout,
         watch: !args.no_watch,
@@ -410,7 +415,10 @@ fn sidecar_options(args: &SidecarArgs) -> SidecarOptions {
 fn validate(args: ValidateArgs) -> ExitCode {
     let sources = Sources { paths: args.paths, namespace: namespace(&args.namespace) };
     let problems = match config::load_and_validate(&sources) {
-        Ok((_, warnings)) => warnings,
+        Ok((config, mut warnings)) => {
+            warnings.extend(config::keys::world_readable(&config, &Default::default()));
+            warnings
+        }
         Err(refused) => refused.problems,
     };
     for problem in &problems {

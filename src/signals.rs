@@ -31,6 +31,8 @@ pub async fn drive(server: RunningServer) {
                 info!("SIGINT: draining");
                 break;
             }
+            // The admin API's `POST /drain` (with --admin-allow-mutations).
+            _ = server.drain_started() => break,
         }
     }
     server.shutdown();

@@ -8,7 +8,10 @@
 //! | `GET /config_dump` | JSON: version, content hash, every resource |
 //! | `GET /clusters` | text (JSON with `?format=json`): each cluster and endpoint, health, ejections, requests in flight, connections |
 //!
-//! It binds loopback by default and changes nothing: every path is a read.
+//! | `POST /reload`, `POST /drain` | 403 unless `--admin-allow-mutations`; see [`mutations`] |
+//!
+//! It binds loopback by default and changes nothing unless mutations are
+//! explicitly allowed: every other path is a read.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,6 +30,7 @@ use tokio::sync::watch;
 use tracing::debug;
 
 mod clusters;
+pub mod mutations;
 
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
@@ -39,6 +43,9 @@ pub struct AdminState {
     pub ready: AtomicBool,
     /// Set when draining begins; `/ready` answers 503 from then on.
     pub draining: AtomicBool,
+    /// `POST /reload` and `POST /drain`'s handles; `None` (they answer 403)
+    /// without `--admin-allow-mutations`.
+    pub mutations: Option<mutations::Mutations>,
 }
 
 /// Serves the admin API on `listener` until `shutdown` turns true.
@@ -89,10 +96,16 @@ pub async fn serve_scope(
 }
 
 fn answer(state: &AdminState, scope: Scope, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if let (Scope::Admin, Some(mutation)) = (scope, mutations::Mutation::from_path(path)) {
+        return match *req.method() {
+            Method::POST => mutations::apply(state, mutation),
+            _ => text(StatusCode::METHOD_NOT_ALLOWED, "only POST\n"),
+        };
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
     }
-    let path = req.uri().path();
     let allowed = match scope {
         Scope::Admin => true,
         Scope::Stats => matches!(path, "/stats/prometheus" | "/metrics"),

@@ -7,6 +7,8 @@
 //! Objects of kinds meshd does not read are skipped with one warning each.
 
 use std::hash::{Hash, Hasher};
+use std::io::Read as _;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,10 +19,8 @@ use xxhash_rust::xxh64::Xxh64;
 use super::resources::{Kind, Meta, Resource, ResourceId, Source};
 use super::{yaml, Config, Problem, Sources};
 
-/// Files larger than this are refused rather than read: a proxy's routing
-/// config is kilobytes to a few megabytes, and reading an arbitrary file
-/// whole would let a mistake exhaust memory.
-pub const MAX_FILE_BYTES: u64 = 32 * 1024 * 1024;
+pub use super::limits::MAX_FILE_BYTES;
+use super::limits::{FileRefused, MAX_OBJECTS, MAX_TOTAL_BYTES};
 
 /// The API group meshd reads and its served versions.
 const GROUP: &str = "networking.istio.io";
@@ -67,9 +67,15 @@ fn read_all(sources: &Sources) -> Read {
     let mut problems = Vec::new();
     let mut hasher = Xxh64::new(0);
     let mut texts = Vec::new();
+    let mut total: u64 = 0;
     for file in list_files(&sources.paths, &mut problems) {
         let file: Arc<Path> = Arc::from(file.as_path());
         let Some(text) = read_file(&file, &mut problems) else { continue };
+        total += text.len() as u64;
+        if total > MAX_TOTAL_BYTES {
+            problems.push(Problem::error(Some(file), None, "", FileRefused::TotalBytes { total }.to_string()));
+            break;
+        }
         file.hash(&mut hasher);
         text.hash(&mut hasher);
         texts.push((file, text));
@@ -80,8 +86,11 @@ fn read_all(sources: &Sources) -> Read {
 fn parse_all(sources: &Sources, read: Read) -> (Config, Vec<Problem>) {
     let Read { texts, hash, mut problems } = read;
     let mut config = Config { namespace: sources.namespace.clone(), content_hash: hash, ..Config::default() };
+    let mut objects = 0;
     for (file, text) in texts {
-        load_text(&text, &file, &mut config, &mut problems);
+        if load_counted(&text, &file, &mut config, &mut problems, &mut objects).is_break() {
+            break;
+        }
     }
     problems.extend(super::validate::unapplied(&config));
     (config, problems)
@@ -89,7 +98,20 @@ fn parse_all(sources: &Sources, read: Read) -> (Config, Vec<Problem>) {
 
 /// Parses one file's text into `config`.
 pub fn load_text(text: &str, file: &Arc<Path>, config: &mut Config, problems: &mut Vec<Problem>) {
+    let _ = load_counted(text, file, config, problems, &mut 0);
+}
+
+/// [`load_text`], counting objects into `objects` (the load's count so far)
+/// and breaking, with an error, at the first past [`MAX_OBJECTS`].
+fn load_counted(
+    text: &str,
+    file: &Arc<Path>,
+    config: &mut Config,
+    problems: &mut Vec<Problem>,
+    objects: &mut usize,
+) -> ControlFlow<()> {
     let mut index = 0;
+    let mut flow = ControlFlow::Continue(());
     let parsed = yaml::for_each_document(text, |mut document| {
         let items = match document.get("kind").and_then(Value::as_str) {
             Some("List") => match document.get_mut("items").map(Value::take) {
@@ -99,20 +121,29 @@ pub fn load_text(text: &str, file: &Arc<Path>, config: &mut Config, problems: &m
                     let origin = Origin { file, document: index };
                     problems.push(origin.error(None, "items", "a List's items must be a sequence"));
                     index += 1;
-                    return;
+                    return ControlFlow::Continue(());
                 }
             },
             _ => vec![document],
         };
+        *objects += items.len();
+        if *objects > MAX_OBJECTS {
+            let origin = Origin { file, document: index };
+            problems.push(origin.error(None, "", FileRefused::Objects.to_string()));
+            flow = ControlFlow::Break(());
+            return flow;
+        }
         for item in items {
             load_object(item, &Origin { file, document: index }, config, problems);
             index += 1;
         }
+        ControlFlow::Continue(())
     });
     if let Err(e) = parsed {
         let at = e.line.map(|l| format!("line {l}")).unwrap_or_default();
         problems.push(Problem::error(Some(file.clone()), None, at, format!("invalid YAML: {e}")));
     }
+    flow
 }
 
 /// Files named by `paths`, in a stable order.
@@ -152,17 +183,27 @@ fn read_dir(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 fn read_file(file: &Arc<Path>, problems: &mut Vec<Problem>) -> Option<String> {
     let result = std::fs::metadata(file).and_then(|meta| {
         if meta.len() > MAX_FILE_BYTES {
-            return Err(std::io::Error::other(format!(
-                "file is {} bytes, larger than the {MAX_FILE_BYTES}-byte limit",
-                meta.len()
-            )));
+            return Err(std::io::Error::other(FileRefused::FileBytes { size: meta.len() }));
         }
-        std::fs::read(file)
+        // Read through `take`: a file that grows after `metadata` is still
+        // read no further than the limit (and then refused as too large).
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        std::fs::File::open(file)?.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(std::io::Error::other(FileRefused::FileBytes { size: bytes.len() as u64 }));
+        }
+        Ok(bytes)
     });
     match result.map(String::from_utf8) {
+        Ok(Ok(text)) if text.is_empty() => {
+            problems.push(Problem::error(Some(file.clone()), None, "", FileRefused::Empty.to_string()));
+            None
+        }
         Ok(Ok(text)) => Some(text),
-        Ok(Err(_)) => {
-            problems.push(Problem::error(Some(file.clone()), None, "", "not UTF-8 text"));
+        Ok(Err(e)) => {
+            let at = e.utf8_error().valid_up_to();
+            let message = format!("not UTF-8 text (invalid byte at offset {at}); binary file?");
+            problems.push(Problem::error(Some(file.clone()), None, "", message));
             None
         }
         Err(e) => {

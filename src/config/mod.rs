@@ -6,6 +6,8 @@
 //! - [`validate`] applies Istio's validation rules (spec §6) plus the
 //!   cross-reference checks of `istioctl analyze` that matter to a proxy.
 //! - [`watch`] turns file changes and SIGHUP into reload requests.
+//! - [`limits`] bounds what one load reads (bytes, objects); [`keys`]
+//!   warns about private key files anyone may read.
 //!
 //! A configuration is all or nothing: any error refuses the whole set and
 //! the proxy keeps serving the last good one.
@@ -13,6 +15,8 @@
 use std::path::PathBuf;
 
 pub mod host;
+pub mod keys;
+pub mod limits;
 pub mod load;
 mod problem;
 pub mod resources;

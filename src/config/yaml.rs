@@ -4,6 +4,8 @@
 //! [`serde_json::Value`] documents, so swapping in a same-API fork (or
 //! another parser) changes this file alone.
 
+use std::ops::ControlFlow;
+
 use serde_json::Value;
 
 /// A YAML syntax or structure error, with the position the parser gives.
@@ -22,13 +24,13 @@ pub struct YamlError {
 /// Hands each non-empty document of `text` to `f` as soon as it is parsed,
 /// so only one document's tree is alive at a time (a 2 MB file of 3,000
 /// resources peaked ~20 MB higher as a whole `Vec`). Stops at the first
-/// error; the documents before it have been handed over.
-pub fn for_each_document(text: &str, mut f: impl FnMut(Value)) -> Result<(), YamlError> {
+/// error, or when `f` breaks; the documents before have been handed over.
+pub fn for_each_document(text: &str, mut f: impl FnMut(Value) -> ControlFlow<()>) -> Result<(), YamlError> {
     for document in serde_yaml::Deserializer::from_str(text) {
         let value: Value = serde::Deserialize::deserialize(document)
             .map_err(|e| YamlError { line: e.location().map(|l| l.line()), message: e.to_string() })?;
-        if !value.is_null() {
-            f(value);
+        if !value.is_null() && f(value).is_break() {
+            break;
         }
     }
     Ok(())
@@ -40,7 +42,10 @@ mod tests {
 
     fn parse_documents(text: &str) -> Result<Vec<Value>, YamlError> {
         let mut out = Vec::new();
-        for_each_document(text, |value| out.push(value))?;
+        for_each_document(text, |value| {
+            out.push(value);
+            ControlFlow::Continue(())
+        })?;
         Ok(out)
     }
 
@@ -66,6 +71,14 @@ mod tests {
                 "a{i}: &a{i} [*a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}, *a{prev}]\n"
             ));
         }
-        assert!(parse_documents(&text).is_err());
+        let err = parse_documents(&text).unwrap_err();
+        assert!(err.message.contains("repetition limit exceeded"), "{err}");
+    }
+
+    #[test]
+    fn refuses_deep_nesting() {
+        let text = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let err = parse_documents(&text).unwrap_err();
+        assert!(err.message.contains("recursion limit exceeded"), "{err}");
     }
 }

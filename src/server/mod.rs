@@ -28,6 +28,7 @@ pub use reload::{Outcome, Reloader};
 
 use self::gateways::GatewayListeners;
 use crate::admin::{self, AdminState};
+use crate::config::keys::KeyDirs;
 use crate::config::Sources;
 use crate::metrics::{Metrics, SourceLabels};
 use crate::proxy::{access_log, listener, tcp, Proxy};
@@ -69,6 +70,9 @@ pub struct Options {
     /// Request and connection limits and timeouts (`--max-request-body`,
     /// `--max-connections`, `--request-headers-timeout`, `--idle-timeout`).
     pub limits: crate::proxy::limits::Limits,
+    /// Enables the admin API's `POST /reload` and `POST /drain`
+    /// (`--admin-allow-mutations`); without it they answer 403.
+    pub admin_allow_mutations: bool,
 }
 
 /// The sidecar listeners; all off by default.
@@ -197,7 +201,9 @@ impl RunningServer {
         }
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
         let sources = Sources { paths: options.config.clone(), namespace: options.namespace.clone() };
-        let mut reloader = Reloader::new(sources, snapshot.clone(), metrics.clone());
+        let key_dirs =
+            KeyDirs { credentials: options.credentials_dir.clone(), mesh_cert: options.mesh_cert_dir.clone() };
+        let mut reloader = Reloader::new(sources, snapshot.clone(), metrics.clone()).with_key_dirs(key_dirs);
         let first = reloader.reload().await;
 
         let mut listeners_bound = Vec::new();
@@ -223,11 +229,16 @@ impl RunningServer {
             admin_listener.local_addr().map_err(|source| StartError::Bind { addr: options.admin, source })?;
 
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let reload = Arc::new(Notify::new());
+        let mutations = options
+            .admin_allow_mutations
+            .then(|| admin::mutations::Mutations { reload: reload.clone(), drain: shutdown.clone() });
         let admin = Arc::new(AdminState {
             snapshot: snapshot.clone(),
             metrics: metrics.clone(),
             ready: Default::default(),
             draining: Default::default(),
+            mutations,
         });
         let proxy = Arc::new(Proxy {
             snapshot,
@@ -290,7 +301,6 @@ impl RunningServer {
             gateways_open.downgrade(),
         );
         gateways.reconcile(&proxy.snapshot.load_full().gateways).await;
-        let reload = Arc::new(Notify::new());
         background.spawn(gateways::watch_certificates(
             proxy.snapshot.clone(),
             options.credentials_dir.clone(),
@@ -346,6 +356,12 @@ impl RunningServer {
     pub fn shutdown(&self) {
         self.admin.draining.store(true, Ordering::Release);
         self.shutdown.send_replace(true);
+    }
+
+    /// Resolves once draining has begun, by [`shutdown`](Self::shutdown) or
+    /// the admin API's `POST /drain`.
+    pub async fn drain_started(&self) {
+        let _ = self.shutdown.subscribe().wait_for(|draining| *draining).await;
     }
 
     /// Waits until every listener has drained, then stops the rest.

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 use tracing::{error, info, warn};
 
 use super::background::{self, Priority};
+use crate::config::keys::KeyDirs;
 use crate::config::{self, Problem, Refused, Sources};
 use crate::metrics::Metrics;
 use crate::routing;
@@ -31,6 +32,9 @@ pub struct Reloader {
     /// Content hash of the last configuration tried (applied or refused),
     /// so an unchanged file set is not reloaded or re-reported.
     last_hash: Option<u64>,
+    /// Directories of key files the flags name, checked for world-readable
+    /// keys on every applied load.
+    key_dirs: KeyDirs,
 }
 
 /// What a reload did.
@@ -58,7 +62,14 @@ struct Prepared {
 
 impl Reloader {
     pub fn new(sources: Sources, snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) -> Self {
-        Reloader { upstreams: Upstreams::new(metrics.clone()), sources, snapshot, metrics, last_hash: None }
+        let upstreams = Upstreams::new(metrics.clone());
+        Reloader { upstreams, sources, snapshot, metrics, last_hash: None, key_dirs: KeyDirs::default() }
+    }
+
+    /// Also warns about world-readable keys in `key_dirs` on each load.
+    pub fn with_key_dirs(mut self, key_dirs: KeyDirs) -> Self {
+        self.key_dirs = key_dirs;
+        self
     }
 
     /// Loads the sources and applies them if they are valid and changed.
@@ -71,7 +82,8 @@ impl Reloader {
         let upstreams = self.upstreams.clone();
         let serving = self.snapshot.load().version > 0;
         let priority = if serving { Priority::Low } else { Priority::Normal };
-        let loaded = background::run(priority, move || prepare(&sources, last_hash, &upstreams)).await;
+        let key_dirs = self.key_dirs.clone();
+        let loaded = background::run(priority, move || prepare(&sources, &key_dirs, last_hash, &upstreams)).await;
         let Prepared { config, summary, warnings, compiled, clusters, times } = match loaded {
             Ok(Ok(Some(done))) => done,
             Ok(Ok(None)) => {
@@ -137,13 +149,19 @@ impl Reloader {
 /// the parse trees free for the clusters, instead of holding both in two
 /// thread arenas (1,000 services: 40 MB resident instead of 29 MB).
 /// `None` when the files are unchanged since `last_hash`.
-fn prepare(sources: &Sources, last_hash: Option<u64>, upstreams: &Upstreams) -> Result<Option<Prepared>, Refused> {
+fn prepare(
+    sources: &Sources,
+    key_dirs: &KeyDirs,
+    last_hash: Option<u64>,
+    upstreams: &Upstreams,
+) -> Result<Option<Prepared>, Refused> {
     let started = Instant::now();
     let Some((config, problems)) = config::load::load_if_changed(sources, last_hash) else {
         return Ok(None);
     };
     let loaded = started.elapsed();
-    let (config, warnings) = config::validate_loaded(config, problems)?;
+    let (config, mut warnings) = config::validate_loaded(config, problems)?;
+    warnings.extend(config::keys::world_readable(&config, key_dirs));
     let compiled = routing::compile(&config);
     let summary = (config.virtual_services.len(), config.destination_rules.len(), config.service_entries.len());
     let dump = ConfigDump::of(&config);

@@ -616,6 +616,7 @@ pub fn options(config: &Path) -> Options {
         sidecar: Default::default(),
         access_log: meshd::proxy::access_log::Format::Off,
         limits: Default::default(),
+        admin_allow_mutations: false,
     }
 }
 
