@@ -55,27 +55,6 @@ async fn tls_upstream(name: &'static str, cert: &str, key: &str) -> SocketAddr {
     addr
 }
 
-/// A plain TCP server that reads until the client half-closes, then
-/// answers `NAME:` + what it read.
-async fn tcp_upstream(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind TCP upstream");
-    let addr = listener.local_addr().expect("TCP upstream address");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
-            tokio::spawn(async move {
-                let mut data = Vec::new();
-                if stream.read_to_end(&mut data).await.is_ok() {
-                    let mut reply = format!("{name}:").into_bytes();
-                    reply.extend_from_slice(&data);
-                    let _ = stream.write_all(&reply).await;
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// A ServiceEntry `name` (port `port`, protocol `protocol`) with the one
 /// endpoint `addr`.
 fn l4_service(name: &str, port: u16, protocol: &str, addr: SocketAddr) -> String {

@@ -13,27 +13,6 @@ use meshd::server::TcpListen;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A TCP upstream that reads until the client half-closes, then answers
-/// `NAME:` + what it read and closes.
-async fn tcp_upstream(name: &'static str) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind TCP upstream");
-    let addr = listener.local_addr().expect("TCP upstream address");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
-            tokio::spawn(async move {
-                let mut data = Vec::new();
-                if stream.read_to_end(&mut data).await.is_ok() {
-                    let mut reply = format!("{name}:").into_bytes();
-                    reply.extend_from_slice(&data);
-                    let _ = stream.write_all(&reply).await;
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// Sends `data`, half-closes, and reads the whole answer; an error when
 /// the connection is reset.
 async fn try_exchange(addr: SocketAddr, data: &[u8]) -> std::io::Result<String> {

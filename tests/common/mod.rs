@@ -1289,3 +1289,25 @@ pub fn destination_rule_with_policy(name: &str, namespace: &str, host: &str, pol
 pub fn cluster_name(host: &str, port: u16) -> String {
     format!("outbound|{port}||{host}")
 }
+
+/// A TCP upstream that reads until the client half-closes, then answers
+/// `NAME:` + what it read and closes.
+pub async fn tcp_upstream(name: &'static str) -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind TCP upstream");
+    let addr = listener.local_addr().expect("TCP upstream address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let mut data = Vec::new();
+                if stream.read_to_end(&mut data).await.is_ok() {
+                    let mut reply = format!("{name}:").into_bytes();
+                    reply.extend_from_slice(&data);
+                    let _ = stream.write_all(&reply).await;
+                }
+            });
+        }
+    });
+    addr
+}
