@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use http::{Method, Response, StatusCode};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::process::ChildStdout;
 
 /// How long a line may take to appear (meshd flushes every second).
@@ -26,20 +26,7 @@ const ANSWER: &str = "hello ratings";
 /// what it read once the client half-closed.
 async fn upstreams() -> (SocketAddr, SocketAddr) {
     let http = upstream(|_req| async { Response::new(full(ANSWER)) }).await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind TCP upstream");
-    let tcp = listener.local_addr().expect("TCP upstream address");
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut stream, _)) = listener.accept().await else { continue };
-            tokio::spawn(async move {
-                let mut data = Vec::new();
-                if stream.read_to_end(&mut data).await.is_ok() {
-                    let _ = stream.write_all(&[b"db:".as_slice(), &data].concat()).await;
-                }
-            });
-        }
-    });
-    (http.addr, tcp)
+    (http.addr, tcp_upstream("db").await)
 }
 
 /// `ratings` (HTTP, port 80) and `db` (TCP, port 5432), one endpoint each,
