@@ -311,7 +311,7 @@ impl Servers {
         io: I,
         protocol: Protocol,
         service: S,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: watch::Receiver<bool>,
     ) -> Result<(), hyper::Error>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -321,34 +321,14 @@ impl Servers {
         let (io, moved) = Activity::new(io);
         let ended = match protocol {
             Protocol::Http1 => {
-                let mut conn = std::pin::pin!(self.http1.serve_connection(TokioIo::new(io), service).with_upgrades());
-                tokio::select! {
-                    ended = conn.as_mut() => ended,
-                    _ = limits::idle(&moved, self.idle_timeout) => {
-                        self.idle_timeouts.inc();
-                        return Ok(());
-                    }
-                    _ = drained(&mut shutdown) => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                }
+                let conn = std::pin::pin!(self.http1.serve_connection(TokioIo::new(io), service).with_upgrades());
+                self.run(conn, &moved, shutdown).await
             }
             // Boxed: HTTP/2 connections are few next to HTTP/1 ones, and
             // inline its state would size every connection's task.
             Protocol::Http2 => {
                 let mut conn = Box::pin(self.http2.serve_connection(TokioIo::new(io), service));
-                tokio::select! {
-                    ended = conn.as_mut() => ended,
-                    _ = limits::idle(&moved, self.idle_timeout) => {
-                        self.idle_timeouts.inc();
-                        return Ok(());
-                    }
-                    _ = drained(&mut shutdown) => {
-                        conn.as_mut().graceful_shutdown();
-                        conn.await
-                    }
-                }
+                self.run(conn.as_mut(), &moved, shutdown).await
             }
         };
         if let Err(error) = &ended {
@@ -357,6 +337,55 @@ impl Servers {
             }
         }
         ended
+    }
+
+    /// Runs `conn` until it ends; closes it when nothing moved on it for
+    /// the idle timeout (counted); on a drain, lets it finish its requests.
+    async fn run<C: GracefulConnection>(
+        &self,
+        mut conn: Pin<&mut C>,
+        moved: &Arc<std::sync::atomic::AtomicU64>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), hyper::Error> {
+        tokio::select! {
+            ended = conn.as_mut() => ended,
+            _ = limits::idle(moved, self.idle_timeout) => {
+                self.idle_timeouts.inc();
+                Ok(())
+            }
+            _ = drained(&mut shutdown) => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    }
+}
+
+/// A hyper server connection of either version: it runs to its end, or
+/// finishes its requests and closes when told to.
+trait GracefulConnection: Future<Output = Result<(), hyper::Error>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> GracefulConnection for http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: HttpService,
+    S::Future: Send + 'static,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I, S> GracefulConnection for http2::Connection<I, S, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: HttpService,
+    S::Future: Send + 'static,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self)
     }
 }
 
