@@ -101,10 +101,11 @@ struct LimitArgs {
     #[arg(long, env = "MESHD_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
     /// How long an HTTP/1 client has to send a request head (also the
-    /// keep-alive idle time between requests).
+    /// keep-alive idle time between requests); 0 turns it off.
     #[arg(long, env = "MESHD_REQUEST_HEADERS_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     request_headers_timeout: Duration,
-    /// How long a connection may move no bytes before it is closed.
+    /// How long a connection may move no bytes before it is closed; 0
+    /// turns it off.
     #[arg(long, env = "MESHD_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     idle_timeout: Duration,
 }

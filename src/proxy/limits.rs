@@ -96,9 +96,11 @@ pub struct Limits {
     /// accepted and closed (`--max-connections`).
     pub max_connections: Option<usize>,
     /// How long a client has to send a request head, counted from when
-    /// meshd starts waiting for it (`--request-headers-timeout`).
+    /// meshd starts waiting for it (`--request-headers-timeout`); zero
+    /// turns it off.
     pub request_headers_timeout: Duration,
-    /// How long a connection may carry no bytes at all (`--idle-timeout`).
+    /// How long a connection may carry no bytes at all (`--idle-timeout`);
+    /// zero turns it off.
     pub idle_timeout: Duration,
 }
 
@@ -264,6 +266,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Activity<I> {
 /// Resolves once `moved` has not changed for a whole `period`: the
 /// connection is idle.
 pub async fn idle(moved: &AtomicU64, period: Duration) {
+    if period.is_zero() {
+        return std::future::pending().await;
+    }
     let mut last = moved.load(Ordering::Relaxed);
     loop {
         tokio::time::sleep(period).await;

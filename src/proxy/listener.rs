@@ -179,8 +179,8 @@ pub struct Servers {
     /// A connection moving no bytes for this long is closed.
     idle_timeout: Duration,
     /// How long a new connection has to send its first bytes (then hyper's
-    /// header read timeout, the same length, takes over).
-    first_bytes_timeout: Duration,
+    /// header read timeout, the same length, takes over); `None`: no limit.
+    first_bytes_timeout: Option<Duration>,
     /// `meshd_downstream_timeouts_total{kind="request_headers"}`.
     header_timeouts: prometheus::IntCounter,
     /// `meshd_downstream_timeouts_total{kind="idle"}`.
@@ -211,7 +211,7 @@ impl Servers {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(limits.request_headers_timeout)
+            .header_read_timeout(nonzero(limits.request_headers_timeout))
             .keep_alive(true)
             .max_headers(limits::MAX_HEADERS)
             .max_header_size(limits::MAX_HEADER_BYTES)
@@ -228,7 +228,7 @@ impl Servers {
             http1,
             http2,
             idle_timeout: limits.idle_timeout,
-            first_bytes_timeout: limits.request_headers_timeout,
+            first_bytes_timeout: nonzero(limits.request_headers_timeout),
             header_timeouts: timeouts.with_label_values(&["request_headers"]),
             idle_timeouts: timeouts.with_label_values(&["idle"]),
         }
@@ -250,8 +250,14 @@ impl Servers {
         S: HttpService,
         S::Future: Send + 'static,
     {
+        let first_bytes = async {
+            match self.first_bytes_timeout {
+                Some(limit) => tokio::time::timeout(limit, detect(&stream)).await,
+                None => Ok(detect(&stream).await),
+            }
+        };
         let detected = tokio::select! {
-            detected = tokio::time::timeout(self.first_bytes_timeout, detect(&stream)) => detected,
+            detected = first_bytes => detected,
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
         };
         let Ok(detected) = detected else {
@@ -414,4 +420,9 @@ impl<S> HttpService for S where
         > + Send
         + 'static
 {
+}
+
+/// A timeout of zero means none (Envoy's convention for its timeouts).
+fn nonzero(timeout: Duration) -> Option<Duration> {
+    (!timeout.is_zero()).then_some(timeout)
 }
