@@ -52,14 +52,7 @@ async fn https_gateway(
     credentials: Option<&Path>,
 ) -> (Mesh, std::sync::Arc<std::sync::Mutex<Vec<Recorded>>>) {
     let (up, seen) = recording_upstream(&[]).await;
-    let yaml = simple_service("web", "web", up.addr)
-        + &object("Gateway", "front", NS, &format!("servers:\n{servers}"))
-        + &object(
-            "VirtualService",
-            "front",
-            NS,
-            "hosts: [a.example, b.example]\ngateways: [front]\nhttp:\n- route: [{destination: {host: web}}]\n",
-        );
+    let yaml = gateway_to_web(up.addr, servers, &["a.example", "b.example"]);
     let config = ConfigDir::with(&yaml);
     let mut opts = options(config.path());
     opts.credentials_dir = credentials.map(Path::to_path_buf);

@@ -84,18 +84,6 @@ async fn tls_exchange(
 }
 
 /// Sends `data` over plain TCP, half-closes, and reads the whole answer.
-async fn tcp_exchange(addr: SocketAddr, data: &[u8]) -> std::io::Result<String> {
-    let run = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(data).await?;
-        stream.shutdown().await?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await?;
-        Ok(String::from_utf8_lossy(&answer).into_owned())
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, run).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-}
-
 /// The certificates and upstreams of the passthrough tests.
 struct Upstreams {
     pki: Pki,

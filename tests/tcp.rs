@@ -10,25 +10,10 @@ use std::net::SocketAddr;
 
 use common::*;
 use meshd::server::TcpListen;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// Sends `data`, half-closes, and reads the whole answer; an error when
-/// the connection is reset.
-async fn try_exchange(addr: SocketAddr, data: &[u8]) -> std::io::Result<String> {
-    let run = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.write_all(data).await?;
-        stream.shutdown().await?;
-        let mut answer = Vec::new();
-        stream.read_to_end(&mut answer).await?;
-        Ok(String::from_utf8_lossy(&answer).into_owned())
-    };
-    tokio::time::timeout(REQUEST_TIMEOUT, run).await.expect("TCP exchange timed out")
-}
+use tokio::net::TcpListener;
 
 async fn exchange(addr: SocketAddr, data: &[u8]) -> String {
-    try_exchange(addr, data).await.expect("TCP exchange")
+    tcp_exchange(addr, data).await.expect("TCP exchange")
 }
 
 /// A `db` service (port 5432, TCP) with a v1 and a v2 endpoint and
@@ -100,7 +85,7 @@ async fn tcp_routes_match_the_port_and_services_default_to_all_endpoints() {
         names.insert(answer.split_once(':').map(|(n, _)| n.to_owned()).unwrap_or(answer));
     }
     assert_eq!(names.into_iter().collect::<Vec<_>>(), ["db-v1", "db-v2"], "round robin over every endpoint");
-    let refused = try_exchange(addrs[1], b"x").await;
+    let refused = tcp_exchange(addrs[1], b"x").await;
     assert!(refused.as_deref().map_or(true, str::is_empty), "no route: closed, got {refused:?}");
     mesh.wait_metric("istio_tcp_connections_closed_total", &[("response_flags", "NR")], 1.0).await;
     drop(mesh);

@@ -32,14 +32,7 @@ const GATEWAY_ID: &str = "spiffe://cluster.local/ns/istio-system/sa/istio-ingres
 /// recording upstream.
 async fn front(servers: &str) -> (Mesh, Arc<Mutex<Vec<Recorded>>>) {
     let (up, seen) = recording_upstream(&[]).await;
-    let yaml = simple_service("web", "web", up.addr)
-        + &object("Gateway", "front", NS, &format!("servers:\n{servers}"))
-        + &object(
-            "VirtualService",
-            "front",
-            NS,
-            "hosts: [a.example]\ngateways: [front]\nhttp:\n- route: [{destination: {host: web}}]\n",
-        )
+    let yaml = gateway_to_web(up.addr, servers, &["a.example"])
         + &virtual_service("web", NS, &["web"], "- route: [{destination: {host: web}}]\n");
     let mesh = Mesh::with(&yaml).await;
     (mesh, seen)

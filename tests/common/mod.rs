@@ -373,6 +373,23 @@ pub fn simple_service(name: &str, host: &str, addr: SocketAddr) -> String {
     service_entry(name, NS, &[host], 80, &[ep(addr, &[("app", name)])])
 }
 
+/// The service `web` (endpoint `web`), the Gateway `front` with `servers`
+/// (YAML list items, unindented) and a VirtualService bound to it routing
+/// `hosts` to `web`.
+pub fn gateway_to_web(web: SocketAddr, servers: &str, hosts: &[&str]) -> String {
+    simple_service("web", "web", web)
+        + &object("Gateway", "front", NS, &format!("servers:\n{servers}"))
+        + &object(
+            "VirtualService",
+            "front",
+            NS,
+            &format!(
+                "hosts: [{}]\ngateways: [front]\nhttp:\n- route: [{{destination: {{host: web}}}}]\n",
+                hosts.join(", ")
+            ),
+        )
+}
+
 /// A DestinationRule for `host` with an optional `loadBalancer.simple` and
 /// subsets `(name, [(label, value)])`.
 pub fn destination_rule(
@@ -1288,6 +1305,22 @@ pub fn destination_rule_with_policy(name: &str, namespace: &str, host: &str, pol
 /// as the `cluster_name` label and `/clusters` show it.
 pub fn cluster_name(host: &str, port: u16) -> String {
     format!("outbound|{port}||{host}")
+}
+
+/// Connects to `addr`, sends `data`, half-closes and reads the whole
+/// answer; an error when the connection fails or the exchange outlasts
+/// `REQUEST_TIMEOUT` (`TimedOut`).
+pub async fn tcp_exchange(addr: SocketAddr, data: &[u8]) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let run = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.write_all(data).await?;
+        stream.shutdown().await?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await?;
+        Ok(String::from_utf8_lossy(&answer).into_owned())
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, run).await.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
 /// A TCP upstream that reads until the client half-closes, then answers
