@@ -310,8 +310,10 @@ fn read_meta(object: &Value, default_namespace: &str) -> Result<Meta, String> {
     if name.is_empty() {
         return Err("metadata.name is required".into());
     }
+    check_object_name(name).map_err(|why| format!("metadata.name {name:?} invalid: {why}"))?;
     let namespace =
         metadata.get("namespace").and_then(Value::as_str).filter(|ns| !ns.is_empty()).unwrap_or(default_namespace);
+    check_namespace(namespace).map_err(|why| format!("metadata.namespace {namespace:?} invalid: {why}"))?;
     let labels = metadata
         .get("labels")
         .and_then(Value::as_object)
@@ -323,6 +325,40 @@ fn read_meta(object: &Value, default_namespace: &str) -> Result<Meta, String> {
         creation_timestamp: metadata.get("creationTimestamp").and_then(Value::as_str).map(str::to_owned),
         labels,
     })
+}
+
+/// Kubernetes' rule for a namespace, which the API server enforces and a
+/// file does not: an RFC 1123 label (lower-case letters, digits and `-`,
+/// starting and ending with a letter or digit, at most 63). A namespace
+/// outside it would make hosts (`NAME.NAMESPACE.svc.cluster.local`) no
+/// request can name.
+fn check_namespace(namespace: &str) -> Result<(), String> {
+    if namespace.len() > 63 {
+        return Err("longer than 63 characters".into());
+    }
+    check_rfc1123(namespace, false)
+}
+
+/// Kubernetes' rule for an object name: an RFC 1123 subdomain (an RFC 1123
+/// label that may also hold `.`, at most 253).
+fn check_object_name(name: &str) -> Result<(), String> {
+    if name.len() > 253 {
+        return Err("longer than 253 characters".into());
+    }
+    check_rfc1123(name, true)
+}
+
+fn check_rfc1123(text: &str, dots: bool) -> Result<(), String> {
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (dots && b == b'.');
+    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !text.bytes().all(allowed) {
+        let also = if dots { ", '-' and '.'" } else { " and '-'" };
+        return Err(format!("only lower-case letters, digits{also} are allowed"));
+    }
+    if !edge(text.as_bytes().first()) || !edge(text.as_bytes().last()) {
+        return Err("must start and end with a lower-case letter or a digit".into());
+    }
+    Ok(())
 }
 
 // === impl Origin ===
@@ -374,6 +410,32 @@ mod tests {
         let (changed, _) = load_if_changed(&sources, Some(first.content_hash)).unwrap();
         assert_ne!(changed.content_hash, first.content_hash);
         assert_eq!(load(&sources).0.content_hash, changed.content_hash);
+    }
+
+    #[test]
+    fn names_and_namespaces_follow_kubernetes_rules() {
+        let object = |name: &str, namespace: &str| {
+            format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name:?}, namespace: {namespace:?}}}\nspec: {{hosts: [a]}}\n")
+        };
+        for (name, namespace) in [("a", "default"), ("web.v1-2", "team-7"), ("0", "0")] {
+            let (config, problems) = load_str(&object(name, namespace));
+            assert_eq!((config.service_entries.len(), problems.len()), (1, 0), "{name} {namespace}: {problems:?}");
+        }
+        let long = "a".repeat(64);
+        for (name, namespace, field) in [
+            ("a", "defau:lt", "namespace"),
+            ("a", "Default", "namespace"),
+            ("a", "team.a", "namespace"),
+            ("a", long.as_str(), "namespace"),
+            ("-a", "default", "name"),
+            ("a_b", "default", "name"),
+            ("a.", "default", "name"),
+        ] {
+            let (config, problems) = load_str(&object(name, namespace));
+            assert!(config.service_entries.is_empty(), "{name} {namespace} refused");
+            let text = problems.iter().map(ToString::to_string).collect::<String>();
+            assert!(text.contains(&format!("metadata.{field}")), "{name} {namespace}: {text}");
+        }
     }
 
     #[test]
