@@ -240,12 +240,14 @@ impl RunningServer {
             draining: Default::default(),
             mutations,
         });
+        let body_rules = crate::proxy::request_body::BodyRules::new(&options.limits, &metrics);
         let proxy = Arc::new(Proxy {
             snapshot,
             metrics,
             access_log: options.access_log,
             limits: options.limits.clone(),
             connections: Default::default(),
+            body_rules,
         });
         let mut listeners = JoinSet::new();
         for listener in listeners_bound {
