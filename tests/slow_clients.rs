@@ -225,3 +225,25 @@ async fn steady_request_body_passes() {
     assert!(recorded[0].complete && recorded[0].body == sent, "{recorded:?}");
     assert_eq!(timeouts(&mesh, "request_body").await, 0.0);
 }
+
+/// Scenario: the response has started (the upstream echoes the body back
+/// as it comes) when the request body stalls: the 300 ms request body
+/// timeout cuts the response short and closes the connection, flags the
+/// request `SI` (not an upstream failure) and counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_body_cuts_a_started_response() {
+    let up = echo_back_upstream().await;
+    let config = ConfigDir::with(&simple_service("svc", HOST, up.addr));
+    let mut options = options(config.path());
+    options.limits.request_body_timeout = Duration::from_millis(300);
+    let mesh = Mesh::start_with(config, options).await;
+    mesh.wait_ready().await;
+    let mut stream = TcpStream::connect(mesh.addr).await.expect("connect");
+    let head = format!("POST / HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\na\r\n0123456789\r\n");
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let reply = closed_within(&mut stream, Duration::from_secs(3)).await;
+    assert!(reply.starts_with("HTTP/1.1 200 "), "{reply:?}");
+    assert!(reply.contains("0123456789") && !reply.ends_with("0\r\n\r\n"), "not cut short: {reply:?}");
+    mesh.wait_metric("meshd_downstream_timeouts_total", &[("kind", "request_body")], 1.0).await;
+    mesh.wait_requests(&[("response_code", "200"), ("response_flags", "SI")], 1.0).await;
+}

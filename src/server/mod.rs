@@ -68,7 +68,8 @@ pub struct Options {
     /// Sidecar capture and its companions (`--sidecar` and its flags).
     pub sidecar: SidecarOptions,
     /// Request and connection limits and timeouts (`--max-request-body`,
-    /// `--max-connections`, `--request-headers-timeout`, `--idle-timeout`).
+    /// `--max-connections`, `--request-headers-timeout`, `--idle-timeout`,
+    /// `--request-body-timeout`).
     pub limits: crate::proxy::limits::Limits,
     /// Enables the admin API's `POST /reload` and `POST /drain`
     /// (`--admin-allow-mutations`); without it they answer 403.
