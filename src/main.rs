@@ -92,8 +92,8 @@ struct RunArgs {
 /// Downstream limits and timeouts (README: Hostile input and limits).
 #[derive(Args)]
 struct LimitArgs {
-    /// Largest request body, by Content-Length, in bytes (413 past it)
-    /// [default: unlimited].
+    /// Largest request body in bytes, declared by Content-Length or
+    /// counted as it streams (413 past it) [default: unlimited].
     #[arg(long, env = "MESHD_MAX_REQUEST_BODY")]
     max_request_body: Option<u64>,
     /// Downstream connections open at once; more are accepted and closed
@@ -108,6 +108,10 @@ struct LimitArgs {
     /// turns it off.
     #[arg(long, env = "MESHD_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     idle_timeout: Duration,
+    /// How long a request body may send nothing while meshd waits for it
+    /// (408 past it); 0 disables it.
+    #[arg(long, env = "MESHD_REQUEST_BODY_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    request_body_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -384,6 +388,7 @@ async fn run(args: RunArgs, workers: usize) -> ExitCode {
             max_connections: args.limits.max_connections,
             request_headers_timeout: args.limits.request_headers_timeout,
             idle_timeout: args.limits.idle_timeout,
+            request_body_timeout: args.limits.request_body_timeout,
         },
     };
     match RunningServer::start(options).await {

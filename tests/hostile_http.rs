@@ -22,8 +22,18 @@ const HOST: &str = "svc.example.com";
 /// A mesh routing `HOST` to a recording upstream, with `options` changed
 /// by `tune`.
 async fn mesh_with(tune: impl FnOnce(&mut meshd::server::Options)) -> (Mesh, Upstream, Arc<Mutex<Vec<Recorded>>>) {
-    let (up, seen) = recording_upstream(&[]).await;
-    let config = ConfigDir::with(&simple_service("svc", HOST, up.addr));
+    mesh_on("", false, tune).await
+}
+
+/// [`mesh_with`], with `extra` configuration for `HOST` and an upstream
+/// that also speaks h2c when `h2c`.
+async fn mesh_on(
+    extra: &str,
+    h2c: bool,
+    tune: impl FnOnce(&mut meshd::server::Options),
+) -> (Mesh, Upstream, Arc<Mutex<Vec<Recorded>>>) {
+    let (up, seen) = if h2c { recording_upstream_h1_h2().await } else { recording_upstream(&[]).await };
+    let config = ConfigDir::with(&(simple_service("svc", HOST, up.addr) + extra));
     let mut options = options(config.path());
     tune(&mut options);
     let mesh = Mesh::start_with(config, options).await;
@@ -199,6 +209,107 @@ async fn request_body_over_the_limit_is_413() {
     )
     .await;
     assert!(ok.starts_with("HTTP/1.1 200 "), "{ok}");
+}
+
+/// A chunked HTTP/1.1 POST to `HOST` of `chunks`, then the last chunk.
+fn chunked(chunks: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("POST / HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\n\r\n").into_bytes();
+    for chunk in chunks {
+        out.extend(format!("{:x}\r\n", chunk.len()).into_bytes());
+        out.extend_from_slice(chunk);
+        out.extend(b"\r\n");
+    }
+    out.extend(b"0\r\n\r\n");
+    out
+}
+
+/// Scenario: `--max-request-body 1024` and chunked bodies (no declared
+/// length): 2,000 bytes are 413 `DPE` and the connection closes, counted
+/// by reason; the upstream never completes a request. With retries on the
+/// route (`5xx,reset,connect-failure`) the 413 is not retried: at most one
+/// upstream connection. 1,000 bytes in two chunks pass whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_request_body_over_the_limit_is_413() {
+    let retries = virtual_service(
+        "svc",
+        NS,
+        &[HOST],
+        &format!("- route:\n  - destination: {{host: {HOST}}}\n  retries: {{attempts: 2, retryOn: \"5xx,reset,connect-failure\"}}\n"),
+    );
+    for extra in ["", retries.as_str()] {
+        let (mesh, up, seen) = mesh_on(extra, false, |o| o.limits.max_request_body = Some(1024)).await;
+        let big = pattern(2000, 1);
+        let reply = exchange(mesh.addr, &chunked(&[&big[..600], &big[600..]])).await;
+        assert!(reply.starts_with("HTTP/1.1 413 "), "retries {}: {reply:?}", !extra.is_empty());
+        assert!(reply.ends_with("request body too large"), "{reply:?}");
+        mesh.wait_metric("meshd_downstream_requests_refused_total", &[("reason", "body_too_large")], 1.0).await;
+        mesh.wait_requests(&[("response_code", "413"), ("response_flags", "DPE")], 1.0).await;
+        assert!(seen.lock().unwrap().iter().all(|r| !r.complete), "{:?}", seen.lock().unwrap());
+        assert!(up.connections.load(std::sync::atomic::Ordering::SeqCst) <= 1, "retried");
+        let small = pattern(1000, 2);
+        let reply = exchange(mesh.addr, &chunked(&[&small[..500], &small[500..]])).await;
+        assert!(reply.starts_with("HTTP/1.1 200 "), "{reply:?}");
+        let last = seen.lock().unwrap().last().cloned().expect("the small body arrived");
+        assert!(last.complete && last.body == small, "{last:?}");
+    }
+}
+
+/// POSTs `chunks` to `HOST` over h2c (prior knowledge) as a body of
+/// unannounced length, then ends it or (`!end`) leaves it open; the
+/// response status and body.
+async fn h2_post(addr: SocketAddr, chunks: Vec<Vec<u8>>, end: bool) -> (u16, String) {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("h2 handshake");
+    tokio::spawn(conn);
+    let (tx, body) = channel_body();
+    let feeding = tokio::spawn(async move {
+        for chunk in chunks {
+            if tx.send(chunk.into()).await.is_err() {
+                return;
+            }
+        }
+        if !end {
+            std::future::pending::<()>().await;
+        }
+    });
+    let req = http::Request::post(format!("http://{HOST}/")).body(body).expect("request");
+    let resp =
+        tokio::time::timeout(REQUEST_TIMEOUT, sender.send_request(req)).await.expect("in time").expect("response");
+    let status = resp.status().as_u16();
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await.map(|c| c.to_bytes()).unwrap_or_default();
+    feeding.abort();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Scenario: HTTP/2 without `content-length`, `--max-request-body 1024`:
+/// 1,200 bytes in two DATA frames (the stream left open) are 413 and the
+/// upstream never completes a request, whether meshd speaks HTTP/1.1
+/// (connection closed mid-body) or HTTP/2 (stream reset) to it; 1,000
+/// bytes pass whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_request_body_over_the_limit_is_413() {
+    let upgrade =
+        destination_rule_with_policy("svc", NS, HOST, "connectionPool:\n  http: {h2UpgradePolicy: UPGRADE}\n");
+    for extra in ["", upgrade.as_str()] {
+        let (mesh, _up, seen) = mesh_on(extra, true, |o| o.limits.max_request_body = Some(1024)).await;
+        let big = pattern(1200, 3);
+        let (status, body) = h2_post(mesh.addr, vec![big[..600].to_vec(), big[600..].to_vec()], false).await;
+        assert_eq!((status, body.as_str()), (413, "request body too large"), "upstream h2: {}", !extra.is_empty());
+        mesh.wait_metric("meshd_downstream_requests_refused_total", &[("reason", "body_too_large")], 1.0).await;
+        assert!(seen.lock().unwrap().iter().all(|r| !r.complete), "{:?}", seen.lock().unwrap());
+        let small = pattern(1000, 4);
+        let (status, _) = h2_post(mesh.addr, vec![small[..500].to_vec(), small[500..].to_vec()], true).await;
+        assert_eq!(status, 200);
+        let last = seen.lock().unwrap().last().cloned().expect("the small body arrived");
+        assert!(last.complete && last.body == small, "{last:?}");
+        let want = if extra.is_empty() { http::Version::HTTP_11 } else { http::Version::HTTP_2 };
+        assert_eq!(last.version, want);
+    }
 }
 
 /// Scenario: `--max-connections 2`: a third connection is accepted and

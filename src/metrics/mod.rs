@@ -58,8 +58,11 @@ pub struct Metrics {
     /// `meshd_downstream_connections_refused_total`: connections closed at
     /// accept because `--max-connections` were open.
     pub downstream_refused: IntCounter,
-    /// `meshd_downstream_timeouts_total{kind="request_headers"|"idle"}`:
-    /// connections closed by a downstream timeout.
+    /// `meshd_downstream_requests_refused_total{reason}`: requests meshd
+    /// answered itself for breaking a limit (`src/proxy/limits.rs`).
+    pub downstream_requests_refused: IntCounterVec,
+    /// `meshd_downstream_timeouts_total{kind="request_headers"|"idle"|"request_body"}`:
+    /// connections and requests ended by a downstream timeout.
     pub downstream_timeouts: IntCounterVec,
     /// `envoy_cluster_upstream_cx_total{cluster_name}`-style counters are
     /// per cluster; this family holds connects by result.
@@ -158,8 +161,15 @@ impl Metrics {
                 "meshd_downstream_connections_refused_total",
                 "Downstream connections closed at accept over --max-connections",
             )?,
+            downstream_requests_refused: IntCounterVec::new(
+                Opts::new(
+                    "meshd_downstream_requests_refused_total",
+                    "Requests refused for breaking a limit, by reason",
+                ),
+                &["reason"],
+            )?,
             downstream_timeouts: IntCounterVec::new(
-                Opts::new("meshd_downstream_timeouts_total", "Downstream connections closed by a timeout"),
+                Opts::new("meshd_downstream_timeouts_total", "Downstream connections and requests ended by a timeout"),
                 &["kind"],
             )?,
             upstream_connects: IntCounterVec::new(
@@ -185,6 +195,7 @@ impl Metrics {
         r.register(Box::new(metrics.downstream_connections.clone()))?;
         r.register(Box::new(metrics.upstream_connects.clone()))?;
         r.register(Box::new(metrics.downstream_refused.clone()))?;
+        r.register(Box::new(metrics.downstream_requests_refused.clone()))?;
         r.register(Box::new(metrics.downstream_timeouts.clone()))?;
         r.register(Box::new(build))?;
         Ok(Arc::new(metrics))

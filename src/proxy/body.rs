@@ -20,6 +20,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::access_log::Record;
 use super::flags::ResponseFlags;
+use super::request_body::{BodyWatch, Stopped};
 use crate::metrics::RequestRecord;
 use crate::upstream::{ActiveRequest, Lease, RequestSlot};
 
@@ -58,6 +59,9 @@ pub struct Completion {
     pub grpc: Option<Option<u32>>,
     pub flags: ResponseFlags,
     pub request_bytes: RequestBytes,
+    /// The request body's watch: when its guard stopped the body, the
+    /// response is cut with the guard's flag rather than `UC`.
+    pub body_watch: Option<Arc<BodyWatch>>,
     /// Response head bytes, then body bytes as they pass.
     pub response_bytes: u64,
     /// The cluster's `max_requests` slot, held until the body ends.
@@ -124,7 +128,8 @@ impl Body for ProxyBody {
                     }
                     Poll::Ready(Some(Err(_))) => {
                         if let Some(mut done) = done.take() {
-                            done.flags |= ResponseFlags::UC;
+                            let stopped = done.body_watch.as_ref().and_then(|w| w.stopped());
+                            done.flags |= stopped.map_or(ResponseFlags::UC, Stopped::flags);
                             done.finish(false);
                         }
                     }

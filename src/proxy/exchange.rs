@@ -47,6 +47,7 @@ use super::flags::ResponseFlags;
 use super::forward::{self, ForwardError};
 use super::headers;
 use super::local::LocalReply;
+use super::request_body::{BodyWatch, DownstreamBody, RequestBodyError};
 use super::upgrade::{self, Upgrade};
 use crate::routing::actions::Mutations;
 use crate::routing::retry::{Failure, RetryPolicy, RoutePolicy};
@@ -74,6 +75,10 @@ pub struct Exchange {
     /// delay (the fault filter runs before the router).
     pub timeout_from: Instant,
     pub request_bytes: RequestBytes,
+    /// Tripped when the request body's guard stops it (size limit, idle
+    /// timeout): a failure is then the client's, answered for the body.
+    /// `None` for unguarded bodies.
+    pub body_watch: Option<Arc<BodyWatch>>,
     /// `content-type: application/grpc*` (gRPC retry conditions apply,
     /// and metrics report `request_protocol="grpc"`).
     pub grpc: bool,
@@ -156,7 +161,7 @@ pub async fn run(mut ex: Exchange, req: Request<RequestBody>) -> Response<ProxyB
     let mut attempts = Attempts::new(req);
     if let Some(retry) = &ex.route.retry {
         if retry.needs_replay(ex.grpc) {
-            let keep = Box::pin(attempts.keep_replay());
+            let keep = Box::pin(attempts.keep_replay(!ex.client_http2));
             if let Err(reply) = keep.await {
                 return local(&mut ex, reply, None);
             }
@@ -258,6 +263,7 @@ fn proxied(
         start: ex.start,
         flags,
         request_bytes: ex.request_bytes,
+        body_watch: ex.body_watch,
         slot: Some(slot),
         log,
     };
@@ -276,13 +282,13 @@ impl Attempts {
     /// a body of announced length is read whole first (bounded by
     /// [`REPLAY_LIMIT`]); one of unannounced length is copied as it
     /// streams, and can be sent again once it has ended within the limit.
-    async fn keep_replay(&mut self) -> Result<(), LocalReply> {
+    async fn keep_replay(&mut self, http1: bool) -> Result<(), LocalReply> {
         let Some(req) = self.next.take() else { return Ok(()) };
         let (parts, body) = req.into_parts();
         let (body, kept) = match body {
             RequestBody::Empty => (RequestBody::Empty, Some(ReplayBody::Whole(None))),
             RequestBody::Streamed(incoming) if incoming.size_hint().exact().is_some_and(|n| n <= REPLAY_LIMIT) => {
-                let bytes = collect(incoming).await?;
+                let bytes = collect(incoming, http1).await?;
                 (RequestBody::Replay(Some(bytes.clone())), Some(ReplayBody::Whole(Some(bytes))))
             }
             // Unannounced length (HTTP/2 and chunked clients: gRPC):
@@ -388,6 +394,11 @@ impl Attempts {
                     return Finished::Proxied { response, conn, active, flags };
                 }
                 Ok(Err(failed)) => {
+                    // The client's body was stopped: not the upstream's
+                    // failure (no outlier outcome, no retry).
+                    if let Some(stopped) = ex.body_watch.as_ref().and_then(|w| w.stopped()) {
+                        return Finished::Local { reply: stopped.reply(!ex.client_http2), endpoint: Some(endpoint) };
+                    }
                     if let Some(unsent) = failed.unsent {
                         self.next = Some(unsent);
                     }
@@ -508,11 +519,13 @@ fn expected_timeout_ms(route: &RoutePolicy) -> Option<u64> {
     Some(u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1))
 }
 
-/// Reads a request body whole (it is known to be small).
-pub(super) async fn collect(body: Incoming) -> Result<Bytes, LocalReply> {
+/// Reads a request body whole (it is known to be small); the reply when
+/// it fails (`http1`: the client speaks HTTP/1).
+pub(super) async fn collect(body: DownstreamBody, http1: bool) -> Result<Bytes, LocalReply> {
     match body.collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(_) => Err(LocalReply::bad_request("request body ended early")),
+        Err(RequestBodyError::Stopped(stopped)) => Err(stopped.reply(http1)),
+        Err(RequestBodyError::Downstream(_)) => Err(LocalReply::bad_request("request body ended early")),
     }
 }
 

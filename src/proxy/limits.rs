@@ -21,7 +21,19 @@
 //! or `:authority` (HTTP/2) (400; Envoy refuses the HTTP/2 case too), and a
 //! declared body longer than `--max-request-body` (413). Each is a few
 //! comparisons on what hyper parsed; nothing is allocated unless the
-//! request is refused.
+//! request is refused. Each refusal is counted in
+//! `meshd_downstream_requests_refused_total{reason}`.
+//!
+//! # Request bodies
+//!
+//! A body of unannounced length (HTTP/1.1 chunked, HTTP/2 without
+//! `content-length`) is held to `--max-request-body` as it streams, and
+//! every body to `--request-body-timeout` (5 min, Envoy's
+//! `stream_idle_timeout`; 0: off) while meshd waits for its next frame;
+//! see [`super::request_body`]. Past the limit the client gets 413 (`DPE`),
+//! on the timeout 408 `stream timeout` (`SI`), if no response has started;
+//! the upstream request is aborted either way, so the upstream never
+//! receives a complete request, and an HTTP/1 connection is closed.
 //!
 //! # Connections
 //!
@@ -43,11 +55,13 @@
 //!   closed. [`Activity`] counts reads and writes (a relaxed add on an
 //!   atomic the connection owns); a watchdog wakes once per period and
 //!   closes the connection when the count has not moved. It covers HTTP/2,
-//!   where hyper has no idle timeout, and stalled request bodies
-//!   (`kind="idle"`).
+//!   where hyper has no idle timeout, and a stalled request body when it is
+//!   shorter than the request body timeout (`kind="idle"`).
+//! - Request body (`--request-body-timeout`, 5 min): above; it ends the
+//!   request (and an HTTP/1 connection) with 408 `SI`.
 //!
-//! Each timeout closes the connection and counts
-//! `meshd_downstream_timeouts_total{kind="request_headers"|"idle"}`.
+//! Each timeout counts
+//! `meshd_downstream_timeouts_total{kind="request_headers"|"idle"|"request_body"}`.
 
 use std::io;
 use std::pin::Pin;
@@ -89,8 +103,8 @@ pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 /// How per-connection limits and timeouts are configured.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Largest request body declared by `Content-Length` (413 past it);
-    /// `None`: unlimited (`--max-request-body`).
+    /// Largest request body, declared or streamed (413 past it); `None`:
+    /// unlimited (`--max-request-body`).
     pub max_request_body: Option<u64>,
     /// Downstream connections open at once, per listener set; more are
     /// accepted and closed (`--max-connections`).
@@ -102,6 +116,9 @@ pub struct Limits {
     /// How long a connection may carry no bytes at all (`--idle-timeout`);
     /// zero turns it off.
     pub idle_timeout: Duration,
+    /// How long meshd waits for the next frame of a request body; zero:
+    /// forever (`--request-body-timeout`).
+    pub request_body_timeout: Duration,
 }
 
 /// Why [`check`] refused a request.
@@ -142,6 +159,7 @@ impl Default for Limits {
             max_connections: None,
             request_headers_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(3600),
+            request_body_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -154,6 +172,16 @@ impl Refusal {
             Refusal::UriTooLong => StatusCode::URI_TOO_LONG,
             Refusal::Asterisk | Refusal::HostMismatch => StatusCode::BAD_REQUEST,
             Refusal::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        }
+    }
+
+    /// The `reason` label of `meshd_downstream_requests_refused_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::UriTooLong => "uri_too_long",
+            Refusal::Asterisk => "asterisk_form",
+            Refusal::HostMismatch => "host_mismatch",
+            Refusal::BodyTooLarge => "body_too_large",
         }
     }
 

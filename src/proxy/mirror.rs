@@ -32,19 +32,20 @@ pub const MIRROR_BODY_LIMIT: u64 = 64 * 1024;
 
 /// Sends a copy of `req` to each of `mirrors`, and returns the request for
 /// the upstream (its body read whole when it was copied). Fails only when
-/// reading a body to copy fails.
+/// reading a body to copy fails (`client_http2`: how to answer then).
 pub async fn send_copies(
     mirrors: Vec<Arc<Cluster>>,
     req: Request<RequestBody>,
     route: &RoutePolicy,
     head_bytes: u64,
+    client_http2: bool,
 ) -> Result<Request<RequestBody>, LocalReply> {
     let (parts, body) = req.into_parts();
     let body = match body {
         RequestBody::Empty => None,
         RequestBody::Replay(bytes) => Some(bytes.unwrap_or_default()),
         RequestBody::Streamed(incoming) if incoming.size_hint().exact().is_some_and(|n| n <= MIRROR_BODY_LIMIT) => {
-            Some(exchange::collect(incoming).await?)
+            Some(exchange::collect(incoming, !client_http2).await?)
         }
         other => return Ok(Request::from_parts(parts, other)),
     };
@@ -65,6 +66,7 @@ pub async fn send_copies(
             start,
             timeout_from: start,
             request_bytes: RequestBytes { head: head_bytes, body: BodyBytes::Known(len) },
+            body_watch: None,
             grpc: false,
             client_http2: false,
             flags: ResponseFlags::NONE,

@@ -41,7 +41,8 @@
 //!   stdout, Envoy's text format or JSON with Istio's keys, recorded where
 //!   the metrics are.
 //! - `limits`: hostile and slow clients: request checks hyper leaves to
-//!   meshd, connection limits, the idle watchdog.
+//!   meshd, connection limits, the idle watchdog; `request_body`: the
+//!   request body's size limit and idle timeout while it streams.
 
 use std::sync::Arc;
 
@@ -64,6 +65,7 @@ mod mirror;
 mod overrides;
 pub mod passthrough;
 mod path;
+pub mod request_body;
 pub mod service;
 pub mod tcp;
 pub mod terminate;
@@ -86,4 +88,7 @@ pub struct Proxy {
     pub limits: limits::Limits,
     /// Downstream connections open now, against `limits.max_connections`.
     pub connections: Arc<limits::ConnectionCount>,
+    /// `limits`' rules for request bodies as they stream, shared by their
+    /// guards.
+    pub body_rules: Arc<request_body::BodyRules>,
 }

@@ -19,6 +19,7 @@ use super::exchange::{self, Exchange};
 use super::hash_key::{self, RequestHash};
 use super::headers;
 use super::local::LocalReply;
+use super::request_body::BodyWatch;
 use super::xfcc::ForwardClientCert;
 use super::{limits, mirror, overrides, path, upgrade, Proxy, ResponseFlags};
 use crate::config::host;
@@ -137,14 +138,14 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
     if let Some(mutations) = &mutations {
         rewrite(&mut req, mutations);
     }
-    let (mut upstream_req, request_bytes) = prepare(req, &downstream, head_bytes);
+    let (mut upstream_req, request_bytes, body_watch) = prepare(req, &downstream, head_bytes, &proxy);
     log.forwarded(upstream_req.headers());
     if let Some(upgrade) = &upgrade {
         upgrade::restore_headers(upstream_req.headers_mut(), upgrade.protocol.clone());
     }
     // An upgrade is not mirrored: its connection is the client's alone.
     if !mirrors.is_empty() && upgrade.is_none() {
-        let copies = Box::pin(mirror::send_copies(mirrors, upstream_req, &route, head_bytes));
+        let copies = Box::pin(mirror::send_copies(mirrors, upstream_req, &route, head_bytes, client_http2));
         upstream_req = match copies.await {
             Ok(req) => req,
             Err(reply) => {
@@ -161,6 +162,7 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
         start,
         timeout_from,
         request_bytes,
+        body_watch,
         grpc,
         client_http2,
         flags,
@@ -173,7 +175,7 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
 
 /// The local reply to a request [`limits::check`] refused (`DPE`), sent
 /// with `Connection: close`: what else the client sent on this connection
-/// is not to be trusted.
+/// is not to be trusted. Counted by reason.
 #[cold]
 fn refuse(
     refusal: limits::Refusal,
@@ -182,6 +184,7 @@ fn refuse(
     head_bytes: u64,
     log: Record,
 ) -> Response<ProxyBody> {
+    proxy.metrics.downstream_requests_refused.with_label_values(&[refusal.reason()]).inc();
     let mut reply = LocalReply::new(refusal.status(), ResponseFlags::DPE, refusal.message());
     reply.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     let destination = DestinationLabels::for_service("unknown", "unknown", "unknown");
@@ -308,8 +311,14 @@ fn sample_mirrors(snapshot: &Snapshot, mirrors: &[Mirror]) -> Vec<Arc<Cluster>> 
 
 /// Turns the downstream request into the upstream one: origin-form URI,
 /// HTTP/1.1, `Host` present, hop-by-hop headers removed, forwarding headers
-/// set, body streamed.
-fn prepare(req: Request<Incoming>, downstream: &Downstream, head_bytes: u64) -> (Request<RequestBody>, RequestBytes) {
+/// set, body streamed (guarded by `proxy.body_rules`; the watch its guard
+/// trips is returned, when it has one).
+fn prepare(
+    req: Request<Incoming>,
+    downstream: &Downstream,
+    head_bytes: u64,
+    proxy: &Proxy,
+) -> (Request<RequestBody>, RequestBytes, Option<Arc<BodyWatch>>) {
     let (mut parts, body) = req.into_parts();
     if !parts.headers.contains_key(header::HOST) {
         if let Some(value) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
@@ -324,15 +333,20 @@ fn prepare(req: Request<Incoming>, downstream: &Downstream, head_bytes: u64) -> 
     headers::strip_hop_by_hop(&mut parts.headers, true);
     headers::set_forwarding(&mut parts.headers, downstream.peer.ip(), downstream.scheme);
     downstream.client_cert.apply(&mut parts.headers);
-    let (body, counted) = if body.is_end_stream() {
-        (RequestBody::Empty, BodyBytes::Known(0))
-    } else if let Some(len) = body.size_hint().exact() {
-        (RequestBody::Streamed(body), BodyBytes::Known(len))
-    } else {
-        let count = Arc::new(AtomicU64::new(0));
-        (RequestBody::Counted(body, count.clone()), BodyBytes::Counted(count))
+    if body.is_end_stream() {
+        let bytes = RequestBytes { head: head_bytes, body: BodyBytes::Known(0) };
+        return (Request::from_parts(parts, RequestBody::Empty), bytes, None);
+    }
+    let declared = body.size_hint().exact();
+    let (body, watch) = proxy.body_rules.guard(body);
+    let (body, counted) = match declared {
+        Some(len) => (RequestBody::Streamed(body), BodyBytes::Known(len)),
+        None => {
+            let count = Arc::new(AtomicU64::new(0));
+            (RequestBody::Counted(body, count.clone()), BodyBytes::Counted(count))
+        }
     };
-    (Request::from_parts(parts, body), RequestBytes { head: head_bytes, body: counted })
+    (Request::from_parts(parts, body), RequestBytes { head: head_bytes, body: counted }, watch)
 }
 
 /// Replaces the path with its normalised form when it has dot segments, so

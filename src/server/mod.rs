@@ -68,7 +68,8 @@ pub struct Options {
     /// Sidecar capture and its companions (`--sidecar` and its flags).
     pub sidecar: SidecarOptions,
     /// Request and connection limits and timeouts (`--max-request-body`,
-    /// `--max-connections`, `--request-headers-timeout`, `--idle-timeout`).
+    /// `--max-connections`, `--request-headers-timeout`, `--idle-timeout`,
+    /// `--request-body-timeout`).
     pub limits: crate::proxy::limits::Limits,
     /// Enables the admin API's `POST /reload` and `POST /drain`
     /// (`--admin-allow-mutations`); without it they answer 403.
@@ -240,12 +241,14 @@ impl RunningServer {
             draining: Default::default(),
             mutations,
         });
+        let body_rules = crate::proxy::request_body::BodyRules::new(&options.limits, &metrics);
         let proxy = Arc::new(Proxy {
             snapshot,
             metrics,
             access_log: options.access_log,
             limits: options.limits.clone(),
             connections: Default::default(),
+            body_rules,
         });
         let mut listeners = JoinSet::new();
         for listener in listeners_bound {

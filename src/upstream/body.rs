@@ -1,4 +1,9 @@
 //! The body type meshd sends upstream.
+//!
+//! The client's body comes as a [`DownstreamBody`]: when its guard stops it
+//! (size limit, idle timeout; `crate::proxy::request_body`), it yields an
+//! error like any failed body: hyper aborts the upstream request, and a
+//! [`Tee`] gives up its copy, so the request is never sent again.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -7,22 +12,23 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+
+use crate::proxy::request_body::{DownstreamBody, RequestBodyError};
 
 /// A request body on its way upstream: the client's streamed body (never
 /// buffered whole), optionally counted, or nothing.
 pub enum RequestBody {
     Empty,
     /// Streamed as it arrives; its length is known from `content-length`.
-    Streamed(Incoming),
+    Streamed(DownstreamBody),
     /// Streamed, and its bytes counted for `istio_request_bytes` because
     /// the client did not announce a length.
-    Counted(Incoming, Arc<AtomicU64>),
+    Counted(DownstreamBody, Arc<AtomicU64>),
     /// A body read whole and kept, sent again by retries.
     Replay(Option<Bytes>),
     /// Streamed and counted like `Counted`, a copy kept on the side (up to
     /// a limit) so that a retry can send it again once it has ended.
-    Teed(Incoming, Arc<Tee>),
+    Teed(DownstreamBody, Arc<Tee>),
 }
 
 /// The copy of a streamed request body a retry may send again: Envoy
@@ -43,9 +49,9 @@ pub struct Tee {
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RequestBodyError;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             RequestBody::Empty => Poll::Ready(None),
             RequestBody::Replay(body) => Poll::Ready(body.take().map(|b| Ok(Frame::data(b)))),

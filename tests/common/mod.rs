@@ -247,27 +247,42 @@ pub struct Recorded {
     pub uri: http::Uri,
     pub version: http::Version,
     pub headers: HeaderMap,
+    /// The body as far as it came (empty when it failed).
     pub body: Bytes,
+    /// Whether the body arrived whole (false: it ended with an error, the
+    /// request never completed).
+    pub complete: bool,
 }
 
 /// An upstream that stores every request (head and whole body) and answers
 /// 200 `recorded` with the response headers in `extra`.
 pub async fn recording_upstream(extra: &[(&'static str, &'static str)]) -> (Upstream, Arc<Mutex<Vec<Recorded>>>) {
+    recording(extra, false).await
+}
+
+/// [`recording_upstream`] speaking HTTP/1.1 and h2c.
+pub async fn recording_upstream_h1_h2() -> (Upstream, Arc<Mutex<Vec<Recorded>>>) {
+    recording(&[], true).await
+}
+
+async fn recording(extra: &[(&'static str, &'static str)], h2c: bool) -> (Upstream, Arc<Mutex<Vec<Recorded>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let store = seen.clone();
     let extra: Vec<(&'static str, &'static str)> = extra.to_vec();
-    let up = upstream(move |req: Request<Incoming>| {
+    let handler = move |req: Request<Incoming>| {
         let store = store.clone();
         let extra = extra.clone();
         async move {
             let (parts, body) = req.into_parts();
-            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let body = body.collect().await.map(|c| c.to_bytes());
+            let complete = body.is_ok();
             store.lock().unwrap().push(Recorded {
                 method: parts.method,
                 uri: parts.uri,
                 version: parts.version,
                 headers: parts.headers,
-                body,
+                body: body.unwrap_or_default(),
+                complete,
             });
             let mut response = Response::new(full("recorded"));
             for (name, value) in extra {
@@ -275,8 +290,8 @@ pub async fn recording_upstream(extra: &[(&'static str, &'static str)]) -> (Upst
             }
             response
         }
-    })
-    .await;
+    };
+    let up = upstream_speaking(handler, h2c).await;
     (up, seen)
 }
 
