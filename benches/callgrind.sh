@@ -29,6 +29,8 @@ MESHD_PORT=$((PORT_BASE + 1))
 ADMIN_PORT=$((PORT_BASE + 2))
 
 die() { echo "callgrind: $*" >&2; exit 1; }
+# shellcheck source=benches/lib.sh
+source "$here/lib.sh"
 for tool in valgrind callgrind_control wrk curl; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
 done
@@ -50,17 +52,7 @@ trap cleanup EXIT
 
 "$meshd" echo --listen "127.0.0.1:$PORT_BASE" --name e0 >/dev/null 2>&1 &
 pids+=($!)
-cat >"$tmp/mesh.yaml" <<EOF
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: echo, namespace: default}
-spec:
-  hosts: [$HOST]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  resolution: STATIC
-  endpoints:
-  - {address: 127.0.0.1, ports: {http: $PORT_BASE}}
-EOF
+echo_service_entry "$HOST" "$PORT_BASE" >"$tmp/mesh.yaml"
 
 # An empty GLIBC_TUNABLES stops meshd's one re-exec, which valgrind would
 # not follow.

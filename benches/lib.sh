@@ -1,9 +1,22 @@
-# benches/lib.sh: shell helpers shared by wrk.sh, latency.sh and h2.sh.
+# benches/lib.sh: shell helpers shared by wrk.sh, latency.sh, h2.sh and
+# (echo_service_entry) wrk-outlier.sh and callgrind.sh.
 # Sourced, not run. The caller defines `die`, `$tmp` (its temp dir),
 # `$clk_tck` (getconf CLK_TCK) and the arrays `commands` and
 # `started_pids`; `start` sets `$last_pid`. `log`, `die` and `$root` come
 # from the caller too.
 # shellcheck shell=bash disable=SC2154,SC2034  # $tmp, $clk_tck: set by the caller; $last_pid: read by it
+
+# echo_service_entry HOST PORT...: a STATIC ServiceEntry `echo` for HOST
+# (port 80, HTTP) with one 127.0.0.1 endpoint per PORT, as YAML on stdout.
+echo_service_entry() {
+    local host=$1 port
+    shift
+    printf 'apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: echo, namespace: default}\n'
+    printf 'spec:\n  hosts: [%s]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: STATIC\n  endpoints:\n' "$host"
+    for port in "$@"; do
+        printf '  - {address: 127.0.0.1, ports: {http: %s}}\n' "$port"
+    done
+}
 
 # with_cleanup NAME: makes the temp dir $tmp and the list started_pids, and
 # on exit (or INT, TERM) stops every PID in it and removes $tmp.

@@ -35,6 +35,8 @@ MESHD_PORT=$((PORT_BASE + 10))
 ADMIN_PORT=$((PORT_BASE + 11))
 
 die() { echo "wrk-outlier: $*" >&2; exit 1; }
+# shellcheck source=benches/lib.sh
+source "$here/lib.sh"
 command -v wrk >/dev/null || die "wrk is not installed (apt-get install wrk)"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/meshd-outlier.XXXXXX")
@@ -57,18 +59,9 @@ for i in 0 1 2; do
     echo_pids+=($!)
 done
 
-cat >"$tmp/mesh.yaml" <<EOF
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {name: echo, namespace: default}
-spec:
-  hosts: [$HOST]
-  ports: [{number: 80, name: http, protocol: HTTP}]
-  resolution: STATIC
-  endpoints:
-  - {address: 127.0.0.1, ports: {http: $PORT_BASE}}
-  - {address: 127.0.0.1, ports: {http: $((PORT_BASE + 1))}}
-  - {address: 127.0.0.1, ports: {http: $((PORT_BASE + 2))}}
+{
+echo_service_entry "$HOST" "$PORT_BASE" $((PORT_BASE + 1)) $((PORT_BASE + 2))
+cat <<EOF
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -88,6 +81,7 @@ spec:
     route:
     - destination: {host: $HOST}
 EOF
+} >"$tmp/mesh.yaml"
 
 "$meshd" run --config "$tmp/mesh.yaml" --listen "127.0.0.1:$MESHD_PORT" --admin "127.0.0.1:$ADMIN_PORT" \
     >"$tmp/meshd.log" 2>&1 &
