@@ -414,6 +414,11 @@ impl Attempts {
                 return Finished::Local { reply: LocalReply::overflow(), endpoint: Some(endpoint) };
             };
             ex.cluster.record(&endpoint, outcome);
+            tracing::debug!(
+                cluster = %ex.cluster.name(), attempt = self.attempt, endpoint = %endpoint.addr,
+                tried = ?self.tried.iter().map(|e| e.addr).collect::<Vec<_>>(), error = %failure,
+                "upstream attempt failed"
+            );
             let mut reply = failure.reply(self.attempt > 1);
             if retry.is_some_and(|r| r.retry_on_failure(kind)) {
                 match self.next_step(ex, retry, &endpoint) {

@@ -185,9 +185,11 @@ impl Cluster {
         let Some(trigger) = endpoint.outlier.record(config, outcome) else { return };
         let hosts = state.endpoints.endpoints.iter().map(|e| &e.outlier);
         if self.detector.report(config, hosts, &endpoint.outlier, trigger, Instant::now()) {
-            tracing::info!(cluster = %self.name, endpoint = %endpoint.addr, ?trigger, "endpoint ejected");
             drop(state);
             self.refresh_health();
+            // Logged once picks no longer see the endpoint: a request that
+            // started after this line was never sent to it.
+            tracing::info!(cluster = %self.name, endpoint = %endpoint.addr, ?trigger, "endpoint ejected");
         }
     }
 

@@ -176,6 +176,31 @@ mod tests {
         assert!(!Arc::ptr_eq(&next.endpoints.endpoints[2], &state.endpoints.endpoints[2]));
     }
 
+    /// The soak's `503 UF,URX` (README, "Soak"): with one host ejected
+    /// and both healthy ones tried, a third try has no untried host left.
+    /// As Envoy's `previous_hosts` predicate with
+    /// `host_selection_retry_max_attempts: 5`, it goes to a tried healthy
+    /// host after its draws; an ejected host is never a candidate.
+    #[test]
+    fn a_retry_that_tried_every_healthy_host_stays_off_the_ejected_one() {
+        use crate::routing::LbPolicy;
+        use crate::upstream::balance::Balancer;
+        let metrics = Metrics::new(SourceLabels::unknown()).unwrap();
+        let detector = OutlierDetector::new();
+        let state = ClusterState::build(Arc::new(spec(0)), Vec::new(), None, &metrics);
+        eject(&detector, &state, 2);
+        let state = state.refreshed();
+        let tried = &state.healthy.endpoints;
+        assert_eq!(tried.len(), 2);
+        let balancer = Balancer::default();
+        for policy in [LbPolicy::LeastRequest, LbPolicy::RoundRobin, LbPolicy::Random] {
+            for _ in 0..200 {
+                let picked = balancer.pick(policy, &state.healthy, tried).unwrap();
+                assert!(tried.iter().any(|e| Arc::ptr_eq(e, picked)), "{policy:?} picked {}", picked.addr);
+            }
+        }
+    }
+
     #[test]
     fn ejected_endpoints_leave_the_healthy_set_until_panic() {
         let metrics = Metrics::new(SourceLabels::unknown()).unwrap();
