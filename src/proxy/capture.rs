@@ -84,6 +84,9 @@ impl Captured {
     /// Where an outbound request for `host` that no virtual host takes
     /// goes: the original destination, or a `502` (with the labels its
     /// metrics are recorded against).
+    // The error is built once per unmatched connection, on a cold path;
+    // boxing it would add an allocation there and save nothing.
+    #[allow(clippy::result_large_err)]
     pub fn unmatched(
         &self,
         host: &str,

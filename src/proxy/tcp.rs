@@ -150,6 +150,8 @@ pub async fn relay_to(mut client: TcpStream, cluster: &Cluster, mut log: TcpReco
 /// The cluster for a connection arriving at `local` (whose ClientHello
 /// names `sni`, on a passthrough port), or the labels and flag to count
 /// its refusal with.
+// Refusals are once per connection; boxing the error saves nothing.
+#[allow(clippy::result_large_err)]
 pub fn target(
     proxy: &Proxy,
     routing: &Routing,

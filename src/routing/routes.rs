@@ -233,6 +233,9 @@ fn mirrors(
     out
 }
 
+/// A route destination: its weight, cluster and header operations.
+type Weighted = (u32, ClusterRef, Option<Arc<DestinationHeaders>>);
+
 /// `(total, [(weight, cluster, headers)])` of `http[i].route`, or `None`
 /// (with a warning) when no destination has a weight.
 fn destinations(
@@ -241,7 +244,7 @@ fn destinations(
     i: usize,
     http: &HttpRoute,
     warnings: &mut Vec<Problem>,
-) -> Option<(u32, Vec<(u32, ClusterRef, Option<Arc<DestinationHeaders>>)>)> {
+) -> Option<(u32, Vec<Weighted>)> {
     let single = http.route.len() == 1;
     let mut out = Vec::with_capacity(http.route.len());
     for (j, d) in http.route.iter().enumerate() {

@@ -162,7 +162,9 @@ pub fn route_matcher(data: &[u8]) {
     let mut u = Unstructured::new(data);
     let fuzzed = if u.ratio(1, 4).unwrap_or(false) {
         let Ok(text) = yaml_text(&mut u) else { return };
-        if std::env::var_os("MESHD_FUZZ_PRINT").is_some() { eprintln!("{text}"); }
+        if std::env::var_os("MESHD_FUZZ_PRINT").is_some() {
+            eprintln!("{text}");
+        }
         let (config, problems) = load(&text);
         match validate_loaded(config, problems) {
             Ok((config, _)) => Some(compile(&config)),

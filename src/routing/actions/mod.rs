@@ -191,7 +191,7 @@ fn read_body_file(path: &Path) -> Result<Bytes, ActionError> {
 /// `mirrorPercent`, else 100 %), or each of `mirrors` with its
 /// `percentage` (else 100 %). A share of 0 never mirrors.
 pub fn mirror_shares(http: &HttpRoute) -> Vec<(&crate::config::resources::Destination, u32)> {
-    let ppm = |p: Option<&Percent>| p.map_or(MILLION, |p| fault::ppm(p));
+    let ppm = |p: Option<&Percent>| p.map_or(MILLION, fault::ppm);
     let mut out = Vec::new();
     if let Some(dest) = &http.mirror {
         let share = match (&http.mirror_percentage, http.mirror_percent) {
