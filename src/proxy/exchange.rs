@@ -21,7 +21,7 @@
 //! Retry rules (spec §1.12): a retry needs the request again, either handed
 //! back unsent (connect failures; a reused connection found dead) or
 //! rebuilt from a replay copy, kept only when the policy can retry after
-//! sending and the body is at most [`REPLAY_LIMIT`] bytes (a body of
+//! sending and the body is at most [`REPLAY_LIMIT`](super::replay::REPLAY_LIMIT) bytes (a body of
 //! unannounced length, as gRPC sends, is copied while it streams and is
 //! replayable once it has ended); it needs a slot
 //! in the cluster's `max_retries` (else the failure is returned with `UO`).
@@ -35,8 +35,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
-use http::{HeaderMap, Method, Request, Response, Uri, Version};
-use http_body::Body;
+use http::{HeaderMap, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -47,20 +46,15 @@ use super::flags::ResponseFlags;
 use super::forward::{self, ForwardError};
 use super::headers;
 use super::local::LocalReply;
+use super::replay::Replay;
 use super::request_body::{BodyWatch, DownstreamBody, RequestBodyError};
 use super::upgrade::{self, Upgrade};
 use crate::routing::actions::Mutations;
 use crate::routing::retry::{Failure, RetryPolicy, RoutePolicy};
-use crate::upstream::body::Tee;
 use crate::upstream::outlier::Outcome;
 use crate::upstream::resources::{RequestSlot, RetrySlot};
 use crate::upstream::stats::RouterStats;
 use crate::upstream::{ActiveRequest, Cluster, Endpoint, Lease, RequestBody};
-
-/// Request bodies up to this size are kept for retries (Envoy's default
-/// connection buffer limit); larger or unannounced bodies are streamed and
-/// retried only while unsent.
-pub const REPLAY_LIMIT: u64 = 1024 * 1024;
 
 /// What the request path hands over once a cluster is chosen.
 pub struct Exchange {
@@ -110,24 +104,6 @@ struct Attempts {
     attempt: u32,
     /// Holds the `max_retries` slot of the retry in flight.
     retry_slot: Option<RetrySlot>,
-}
-
-/// A request head (and small body) kept to send again.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-    body: ReplayBody,
-}
-
-/// The body of a [`Replay`].
-enum ReplayBody {
-    /// Read whole before the first attempt (`None`: no body).
-    Whole(Option<Bytes>),
-    /// Copied as the first attempt streams it: usable once it has ended
-    /// within the limit.
-    Teed(Arc<Tee>),
 }
 
 /// How an exchange ended. Lives on the stack for one move, so the size
@@ -278,42 +254,15 @@ impl Attempts {
         Attempts { next: Some(req), replay: None, tried: Vec::new(), current: None, attempt: 0, retry_slot: None }
     }
 
-    /// Keeps a replay copy of the request when its body is small enough:
-    /// a body of announced length is read whole first (bounded by
-    /// [`REPLAY_LIMIT`]); one of unannounced length is copied as it
-    /// streams, and can be sent again once it has ended within the limit.
+    /// Keeps a replay copy of the request when it can be sent again
+    /// ([`Replay::keep`]).
     async fn keep_replay(&mut self, http1: bool) -> Result<(), LocalReply> {
         let Some(req) = self.next.take() else { return Ok(()) };
-        let (parts, body) = req.into_parts();
-        let (body, kept) = match body {
-            RequestBody::Empty => (RequestBody::Empty, Some(ReplayBody::Whole(None))),
-            RequestBody::Streamed(incoming) if incoming.size_hint().exact().is_some_and(|n| n <= REPLAY_LIMIT) => {
-                let bytes = collect(incoming, http1).await?;
-                (RequestBody::Replay(Some(bytes.clone())), Some(ReplayBody::Whole(Some(bytes))))
-            }
-            // Unannounced length (HTTP/2 and chunked clients: gRPC):
-            // streamed at once (a bidirectional stream waits for answers
-            // before it ends), a copy kept on the side for retries.
-            RequestBody::Counted(incoming, count) => {
-                let tee = Tee::new(count, REPLAY_LIMIT);
-                (RequestBody::Teed(incoming, tee.clone()), Some(ReplayBody::Teed(tee)))
-            }
-            // Already read whole (a mirrored request's body).
-            RequestBody::Replay(Some(bytes)) => {
-                (RequestBody::Replay(Some(bytes.clone())), Some(ReplayBody::Whole(Some(bytes))))
-            }
-            other => (other, None),
-        };
-        if let Some(body) = kept {
-            self.replay = Some(Replay {
-                method: parts.method.clone(),
-                uri: parts.uri.clone(),
-                version: parts.version,
-                headers: parts.headers.clone(),
-                body,
-            });
+        let (req, replay) = Replay::keep(req, http1).await?;
+        if replay.is_some() {
+            self.replay = replay;
         }
-        self.next = Some(Request::from_parts(parts, body));
+        self.next = Some(req);
         Ok(())
     }
 
@@ -462,31 +411,6 @@ impl Attempts {
                 sleep.await;
             }
         }
-    }
-}
-
-// === impl Replay ===
-
-impl Replay {
-    /// Whether the body is there to send again.
-    fn available(&self) -> bool {
-        match &self.body {
-            ReplayBody::Whole(_) => true,
-            ReplayBody::Teed(tee) => tee.is_whole(),
-        }
-    }
-
-    fn request(&self) -> Option<Request<RequestBody>> {
-        let body = match &self.body {
-            ReplayBody::Whole(body) => body.clone(),
-            ReplayBody::Teed(tee) => Some(tee.whole()?),
-        };
-        let mut req = Request::new(RequestBody::Replay(body));
-        *req.method_mut() = self.method.clone();
-        *req.uri_mut() = self.uri.clone();
-        *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers.clone();
-        Some(req)
     }
 }
 

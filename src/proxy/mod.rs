@@ -18,9 +18,10 @@
 //!   (`max_requests`, 503 `UO` with `x-envoy-overloaded`); retries with
 //!   jittered backoff, `max_retries` slots and previous-host avoidance; the
 //!   route timeout over all attempts and the per-try timeout (504 `UT`);
-//!   `URX` when retries run out; a replay copy of small request bodies when
-//!   the retry policy can retry after sending; each attempt's result
-//!   reported to the cluster's outlier detection.
+//!   `URX` when retries run out; each attempt's result reported to the
+//!   cluster's outlier detection. `replay`: the copy of a request (head and
+//!   small or teed body) kept when the retry policy can retry after
+//!   sending.
 //! - `forward`: one attempt on one endpoint; a request that never left
 //!   (connect failure, dead reused connection) is handed back for a retry.
 //! - `local`: failures before response headers become local replies with
@@ -65,6 +66,7 @@ mod mirror;
 mod overrides;
 pub mod passthrough;
 mod path;
+mod replay;
 pub mod request_body;
 pub mod service;
 pub mod tcp;
