@@ -73,6 +73,9 @@ use std::time::Duration;
 use http::{header, Method, Request, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::flags::ResponseFlags;
+use super::local::LocalReply;
+
 /// Longest request target accepted (414 past it); hyper's own limit is
 /// 64 KiB. 8 KiB is what most servers take (nginx's default buffer).
 pub const MAX_URI_BYTES: usize = 8 * 1024;
@@ -123,14 +126,11 @@ pub struct Limits {
 
 /// Why [`check`] refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
 pub enum Refusal {
-    #[error("request target too long")]
     UriTooLong,
-    #[error("asterisk-form target on a method other than OPTIONS")]
     Asterisk,
-    #[error("Host disagrees with the request's authority")]
     HostMismatch,
-    #[error("request body too large")]
     BodyTooLarge,
 }
 
@@ -183,6 +183,12 @@ impl Refusal {
             Refusal::HostMismatch => "host_mismatch",
             Refusal::BodyTooLarge => "body_too_large",
         }
+    }
+
+    /// The local reply: the status, `DPE`, the message, and the end of an
+    /// HTTP/1 connection (`http1`).
+    pub fn reply(self, http1: bool) -> LocalReply {
+        LocalReply::new(self.status(), ResponseFlags::DPE, self.message()).closing_http1(http1)
     }
 
     /// The reply's body.
@@ -289,6 +295,11 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Activity<I> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
+}
+
+/// A timeout of zero means none (Envoy's convention for its timeouts).
+pub fn nonzero(timeout: Duration) -> Option<Duration> {
+    (!timeout.is_zero()).then_some(timeout)
 }
 
 /// Resolves once `moved` has not changed for a whole `period`: the

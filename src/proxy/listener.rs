@@ -211,7 +211,7 @@ impl Servers {
         let mut http1 = http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(nonzero(limits.request_headers_timeout))
+            .header_read_timeout(limits::nonzero(limits.request_headers_timeout))
             .keep_alive(true)
             .max_headers(limits::MAX_HEADERS)
             .max_header_size(limits::MAX_HEADER_BYTES)
@@ -228,7 +228,7 @@ impl Servers {
             http1,
             http2,
             idle_timeout: limits.idle_timeout,
-            first_bytes_timeout: nonzero(limits.request_headers_timeout),
+            first_bytes_timeout: limits::nonzero(limits.request_headers_timeout),
             header_timeouts: timeouts.with_label_values(&["request_headers"]),
             idle_timeouts: timeouts.with_label_values(&["idle"]),
         }
@@ -420,9 +420,4 @@ impl<S> HttpService for S where
         > + Send
         + 'static
 {
-}
-
-/// A timeout of zero means none (Envoy's convention for its timeouts).
-fn nonzero(timeout: Duration) -> Option<Duration> {
-    (!timeout.is_zero()).then_some(timeout)
 }

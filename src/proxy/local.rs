@@ -82,6 +82,16 @@ impl LocalReply {
         LocalReply { status, flags, body: body.into(), overloaded: false, headers: HeaderMap::new(), grpc: false }
     }
 
+    /// Adds `Connection: close` when the client speaks HTTP/1 (`http1`):
+    /// what else it sent on the connection is not to be trusted. (HTTP/2
+    /// has no such header; its stream ends with the reply.)
+    pub fn closing_http1(mut self, http1: bool) -> Self {
+        if http1 {
+            self.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        self
+    }
+
     /// Marks the reply as answering a gRPC request (when `grpc`).
     pub fn for_grpc(mut self, grpc: bool) -> Self {
         self.grpc = grpc;

@@ -46,7 +46,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
 use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -54,7 +53,7 @@ use prometheus::IntCounter;
 use tokio::time::{Instant, Sleep};
 
 use super::flags::ResponseFlags;
-use super::limits::{Limits, Refusal};
+use super::limits::{self, Limits, Refusal};
 use super::local::LocalReply;
 use crate::metrics::Metrics;
 
@@ -126,7 +125,7 @@ impl BodyRules {
     pub fn new(limits: &Limits, metrics: &Metrics) -> Arc<Self> {
         Arc::new(BodyRules {
             max: limits.max_request_body,
-            timeout: (!limits.request_body_timeout.is_zero()).then_some(limits.request_body_timeout),
+            timeout: limits::nonzero(limits.request_body_timeout),
             too_large: metrics.downstream_requests_refused.with_label_values(&[Refusal::BodyTooLarge.reason()]),
             timeouts: metrics.downstream_timeouts.with_label_values(&["request_body"]),
         })
@@ -246,16 +245,11 @@ impl Stopped {
     /// the limit, or 408 `stream timeout` (stream idle timeout). HTTP/1
     /// replies close the connection: the rest of the body is unread.
     pub fn reply(self, http1: bool) -> LocalReply {
-        let mut reply = match self {
-            Stopped::TooLarge => {
-                let refusal = Refusal::BodyTooLarge;
-                LocalReply::new(refusal.status(), self.flags(), refusal.message())
+        match self {
+            Stopped::TooLarge => Refusal::BodyTooLarge.reply(http1),
+            Stopped::Timeout => {
+                LocalReply::new(StatusCode::REQUEST_TIMEOUT, self.flags(), "stream timeout").closing_http1(http1)
             }
-            Stopped::Timeout => LocalReply::new(StatusCode::REQUEST_TIMEOUT, self.flags(), "stream timeout"),
-        };
-        if http1 {
-            reply.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
-        reply
     }
 }

@@ -83,7 +83,8 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
     let grpc = is_grpc(&req);
     let mut log = Record::begin(downstream.access_log.as_ref(), &req, head_bytes);
     if let Some(refusal) = limits::check(&req, &proxy.limits) {
-        return refuse(refusal, &proxy, start, head_bytes, log);
+        let http1 = req.version() != Version::HTTP_2;
+        return refuse(refusal, http1, &proxy, start, head_bytes, log);
     }
     let Chosen { cluster: target, policy, mutations, mirrors } =
         match route(&snapshot, &downstream, &req, &proxy, &mut log) {
@@ -173,20 +174,19 @@ pub async fn handle(proxy: Arc<Proxy>, downstream: Downstream, mut req: Request<
     exchange::run(ex, upstream_req).await
 }
 
-/// The local reply to a request [`limits::check`] refused (`DPE`), sent
-/// with `Connection: close`: what else the client sent on this connection
-/// is not to be trusted. Counted by reason.
+/// The local reply to a request [`limits::check`] refused
+/// ([`limits::Refusal::reply`]), counted by reason.
 #[cold]
 fn refuse(
     refusal: limits::Refusal,
+    http1: bool,
     proxy: &Proxy,
     start: Instant,
     head_bytes: u64,
     log: Record,
 ) -> Response<ProxyBody> {
     proxy.metrics.downstream_requests_refused.with_label_values(&[refusal.reason()]).inc();
-    let mut reply = LocalReply::new(refusal.status(), ResponseFlags::DPE, refusal.message());
-    reply.headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let reply = refusal.reply(http1);
     let destination = DestinationLabels::for_service("unknown", "unknown", "unknown");
     reply.into_response(&proxy.metrics, &destination, start, head_bytes, log)
 }
