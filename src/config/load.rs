@@ -17,7 +17,7 @@ use serde_json::Value;
 use xxhash_rust::xxh64::Xxh64;
 
 use super::resources::{Kind, Meta, Resource, ResourceId, Source};
-use super::{yaml, Config, Problem, Sources};
+use super::{host, yaml, Config, Problem, Sources};
 
 pub use super::limits::MAX_FILE_BYTES;
 use super::limits::{FileRefused, MAX_OBJECTS, MAX_TOTAL_BYTES};
@@ -328,35 +328,36 @@ fn read_meta(object: &Value, default_namespace: &str) -> Result<Meta, String> {
 }
 
 /// Kubernetes' rule for a namespace, which the API server enforces and a
-/// file does not: an RFC 1123 label (lower-case letters, digits and `-`,
-/// starting and ending with a letter or digit, at most 63). A namespace
-/// outside it would make hosts (`NAME.NAMESPACE.svc.cluster.local`) no
-/// request can name.
+/// file does not: an RFC 1123 label ([`host::check_dns_label`], in lower
+/// case). A namespace outside it would make hosts
+/// (`NAME.NAMESPACE.svc.cluster.local`) no request can name.
 fn check_namespace(namespace: &str) -> Result<(), String> {
-    if namespace.len() > 63 {
-        return Err("longer than 63 characters".into());
-    }
-    check_rfc1123(namespace, false)
+    lower_case(namespace)?;
+    host::check_dns_label(namespace)
 }
 
-/// Kubernetes' rule for an object name: an RFC 1123 subdomain (an RFC 1123
-/// label that may also hold `.`, at most 253).
+/// Kubernetes' rule for an object name: an RFC 1123 subdomain (lower-case
+/// letters, digits, `-` and `.`, starting and ending with a letter or
+/// digit, at most 253).
 fn check_object_name(name: &str) -> Result<(), String> {
     if name.len() > 253 {
         return Err("longer than 253 characters".into());
     }
-    check_rfc1123(name, true)
+    lower_case(name)?;
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'.';
+    if !name.bytes().all(allowed) {
+        return Err("only lower-case letters, digits, '-' and '.' are allowed".into());
+    }
+    let edge = |b: Option<&u8>| b.is_some_and(u8::is_ascii_alphanumeric);
+    if !edge(name.as_bytes().first()) || !edge(name.as_bytes().last()) {
+        return Err("must start and end with a lower-case letter or a digit".into());
+    }
+    Ok(())
 }
 
-fn check_rfc1123(text: &str, dots: bool) -> Result<(), String> {
-    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || (dots && b == b'.');
-    let edge = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-    if !text.bytes().all(allowed) {
-        let also = if dots { ", '-' and '.'" } else { " and '-'" };
-        return Err(format!("only lower-case letters, digits{also} are allowed"));
-    }
-    if !edge(text.as_bytes().first()) || !edge(text.as_bytes().last()) {
-        return Err("must start and end with a lower-case letter or a digit".into());
+fn lower_case(text: &str) -> Result<(), String> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err("upper-case letters are not allowed".into());
     }
     Ok(())
 }
