@@ -104,10 +104,7 @@ async fn config_dump_shows_key_paths_never_key_material() {
     let pki = Pki::new();
     let (cert, key) = pki.leaf("front", &["a.example"]);
     let (client_cert, client_key) = pki.leaf("client", &["client"]);
-    let credentials = tempfile::tempdir().unwrap();
-    std::fs::create_dir(credentials.path().join("cred")).unwrap();
-    std::fs::copy(&cert, credentials.path().join("cred/tls.crt")).unwrap();
-    std::fs::copy(&key, credentials.path().join("cred/tls.key")).unwrap();
+    let credentials = Pki::credentials_dir("cred", &cert, &key);
     let up = echo("web").await;
     let port = closed_port();
     let yaml = simple_service("web", "web", up)

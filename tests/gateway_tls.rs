@@ -70,10 +70,7 @@ async fn sni_picks_the_certificate_and_rotation_reaches_new_connections() {
     let pki = Pki::new();
     let (a_cert, a_key) = pki.leaf("a", &["a.example"]);
     let (b_cert, b_key) = pki.leaf("b", &["b.example"]);
-    let credentials = tempfile::tempdir().unwrap();
-    std::fs::create_dir(credentials.path().join("b-cred")).unwrap();
-    std::fs::copy(&b_cert, credentials.path().join("b-cred/tls.crt")).unwrap();
-    std::fs::copy(&b_key, credentials.path().join("b-cred/tls.key")).unwrap();
+    let credentials = Pki::credentials_dir("b-cred", &b_cert, &b_key);
     let port = closed_port();
     let servers = format!(
         "- port: {{number: {port}, name: https-a, protocol: HTTPS}}\n  hosts: [a.example]\n  tls: {{mode: SIMPLE, serverCertificate: {a_cert}, privateKey: {a_key}}}\n- port: {{number: {port}, name: https-b, protocol: HTTPS}}\n  hosts: [b.example]\n  tls: {{mode: SIMPLE, credentialName: b-cred}}\n"

@@ -50,6 +50,16 @@ impl Pki {
         (cert_path, key_path)
     }
 
+    /// A `--credentials-dir` holding the credential `name` (`tls.crt`,
+    /// `tls.key`) copied from the PEM files `cert` and `key`.
+    pub fn credentials_dir(name: &str, cert: &str, key: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("credentials dir");
+        std::fs::create_dir(dir.path().join(name)).expect("credential dir");
+        std::fs::copy(cert, dir.path().join(name).join("tls.crt")).expect("copy tls.crt");
+        std::fs::copy(key, dir.path().join(name).join("tls.key")).expect("copy tls.key");
+        dir
+    }
+
     /// A client configuration trusting this CA, offering `alpn`.
     pub fn client(&self, alpn: &[&[u8]]) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
