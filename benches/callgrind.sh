@@ -63,11 +63,7 @@ GLIBC_TUNABLES= valgrind --tool=callgrind --instr-atstart=no \
     >"$tmp/meshd.log" 2>&1 &
 pid=$!
 pids+=("$pid")
-for _ in $(seq 300); do
-    curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null || die "meshd did not become ready: $(cat "$tmp/meshd.log")"
+wait_http meshd "$pid" "http://127.0.0.1:$ADMIN_PORT/ready" -f
 
 load() {
     wrk -t1 -c"$CONNECTIONS" -d"$1" -H "Host: $HOST" "http://127.0.0.1:$MESHD_PORT/" \

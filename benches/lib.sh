@@ -1,5 +1,5 @@
 # benches/lib.sh: shell helpers shared by wrk.sh, latency.sh, h2.sh and
-# (echo_service_entry) wrk-outlier.sh and callgrind.sh.
+# (echo_service_entry, wait_http) wrk-outlier.sh, soak.sh and callgrind.sh.
 # Sourced, not run. The caller defines `die`, `$tmp` (its temp dir),
 # `$clk_tck` (getconf CLK_TCK) and the arrays `commands` and
 # `started_pids`; `start` sets `$last_pid`. `log`, `die` and `$root` come

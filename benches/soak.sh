@@ -60,6 +60,8 @@ MESHD_PORT=$((PORT_BASE + 10))
 ADMIN_PORT=$((PORT_BASE + 11))
 
 die() { echo "soak: $*" >&2; exit 1; }
+# shellcheck source=benches/lib.sh
+source "$here/lib.sh"
 command -v wrk >/dev/null || die "wrk is not installed (apt-get install wrk)"
 awk -v d="$DOWN_FOR" -v k="$KILL_EVERY" 'BEGIN {exit !(d > 0 && d <= k)}' || die "DOWN_FOR must be > 0 and <= KILL_EVERY"
 
@@ -155,11 +157,7 @@ grep_pid=$!
     --access-log text --log-format json >"$tmp/access.fifo" 2>"$tmp/meshd.log" &
 meshd_pid=$!
 pids+=("$meshd_pid")
-for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null || die "meshd did not become ready: $(cat "$tmp/meshd.log")"
+wait_http meshd "$meshd_pid" "http://127.0.0.1:$ADMIN_PORT/ready" -f
 curl -fs -H "Host: $HOST" "http://127.0.0.1:$MESHD_PORT/" >/dev/null || die "no 200 through meshd"
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$meshd_pid/status"; }

@@ -86,11 +86,7 @@ EOF
 "$meshd" run --config "$tmp/mesh.yaml" --listen "127.0.0.1:$MESHD_PORT" --admin "127.0.0.1:$ADMIN_PORT" \
     >"$tmp/meshd.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do
-    curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null 2>&1 && break
-    sleep 0.1
-done
-curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null || die "meshd did not become ready: $(cat "$tmp/meshd.log")"
+wait_http meshd "${pids[-1]}" "http://127.0.0.1:$ADMIN_PORT/ready" -f
 curl -fs -H "Host: $HOST" "http://127.0.0.1:$MESHD_PORT/" >/dev/null || die "no 200 through meshd"
 
 echo "wrk: $DURATION, $CONNECTIONS connections; killing e1 after ${KILL_AFTER}s" >&2
