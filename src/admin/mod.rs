@@ -7,7 +7,6 @@
 //! | `GET /stats/prometheus`, `GET /metrics` | Prometheus text |
 //! | `GET /config_dump` | JSON: version, content hash, every resource |
 //! | `GET /clusters` | text (JSON with `?format=json`): each cluster and endpoint, health, ejections, requests in flight, connections |
-//!
 //! | `POST /reload`, `POST /drain` | 403 unless `--admin-allow-mutations`; see [`mutations`] |
 //!
 //! It binds loopback by default and changes nothing unless mutations are
@@ -48,7 +47,6 @@ pub struct AdminState {
     pub mutations: Option<mutations::Mutations>,
 }
 
-/// Serves the admin API on `listener` until `shutdown` turns true.
 /// Which of the admin API's pages a listener serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -60,6 +58,18 @@ pub enum Scope {
     Readiness,
 }
 
+// === impl AdminState ===
+
+impl AdminState {
+    /// Starts the drain (SIGTERM, `POST /drain`): `/ready` answers 503
+    /// from now on, and `shutdown` tells the listeners to stop accepting.
+    pub fn begin_drain(&self, shutdown: &watch::Sender<bool>) {
+        self.draining.store(true, Ordering::Release);
+        shutdown.send_replace(true);
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown` turns true.
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>, shutdown: watch::Receiver<bool>) {
     serve_scope(listener, state, Scope::Admin, shutdown).await
 }

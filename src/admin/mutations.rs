@@ -10,7 +10,6 @@
 //! is a read-only window by default, so anything that can reach it (a
 //! misconfigured bind, a pod on the host network) can look but not act.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -66,8 +65,7 @@ pub fn apply(state: &AdminState, mutation: Mutation) -> http::Response<Full<Byte
         }
         Mutation::Drain => {
             info!("admin POST /drain: draining");
-            state.draining.store(true, Ordering::Release);
-            mutations.drain.send_replace(true);
+            state.begin_drain(&mutations.drain);
             text(StatusCode::ACCEPTED, "draining\n")
         }
     }

@@ -4,7 +4,7 @@
 //! servers.
 //!
 //! The limits hyper enforces are set explicitly in [`Servers::new`] (see
-//! [`limits`](super::limits) for what each guards against); a connection
+//! [`limits`] for what each guards against); a connection
 //! over `--max-connections` is accepted and closed at once.
 
 use std::future::Future;

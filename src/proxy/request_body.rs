@@ -1,7 +1,7 @@
 //! The client's request body on its way upstream, held to
 //! `--max-request-body` and `--request-body-timeout` while it streams.
 //!
-//! [`DownstreamBody`] wraps hyper's `Incoming` with a [`Guard`] when a rule
+//! [`DownstreamBody`] wraps hyper's `Incoming` with a `Guard` when a rule
 //! applies to it:
 //!
 //! - Size: a body of unannounced length (HTTP/1.1 chunked, HTTP/2 without

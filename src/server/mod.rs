@@ -357,8 +357,7 @@ impl RunningServer {
 
     /// Starts draining: `/ready` turns 503 and listeners stop accepting.
     pub fn shutdown(&self) {
-        self.admin.draining.store(true, Ordering::Release);
-        self.shutdown.send_replace(true);
+        self.admin.begin_drain(&self.shutdown);
     }
 
     /// Resolves once draining has begun, by [`shutdown`](Self::shutdown) or

@@ -3,7 +3,7 @@
 //!
 //! Each accepted connection's original destination is read
 //! ([`original_dst`]), then its first bytes are sniffed
-//! ([`detect::sniff`]): HTTP/1.1 and h2c are served by the HTTP request
+//! ([`detect::sniff`](crate::proxy::detect::sniff)): HTTP/1.1 and h2c are served by the HTTP request
 //! path with the connection marked [`Captured`]; anything else is relayed
 //! as TCP.
 //!
