@@ -93,18 +93,27 @@ impl Captured {
         metrics: &Arc<Metrics>,
     ) -> Result<Arc<Cluster>, (LocalReply, DestinationLabels)> {
         let Direction::Outbound { passthrough: Some(cluster) } = &self.direction else {
-            let labels = DestinationLabels::for_service(host, BLACK_HOLE_CLUSTER, "unknown");
-            return Err((LocalReply::new(StatusCode::BAD_GATEWAY, ResponseFlags::NONE, ""), labels));
+            let reply = LocalReply::new(StatusCode::BAD_GATEWAY, ResponseFlags::NONE, "");
+            return Err((reply, black_hole_labels(host)));
         };
-        let cluster = cluster.get_or_init(|| {
-            let service = ServiceMeta {
-                host: host.into(),
-                name: PASSTHROUGH_CLUSTER.into(),
-                namespace: "unknown".into(),
-                reporter: Reporter::Source,
-            };
-            Cluster::single(PASSTHROUGH_CLUSTER, service, self.original, Default::default(), metrics)
-        });
-        Ok(cluster.clone())
+        Ok(cluster.get_or_init(|| passthrough_cluster(host, self.original, metrics)).clone())
     }
+}
+
+/// `PassthroughCluster` to `original`, for traffic to `host` (an HTTP Host
+/// or a TCP destination) no route takes under `ALLOW_ANY`.
+pub fn passthrough_cluster(host: &str, original: SocketAddr, metrics: &Arc<Metrics>) -> Arc<Cluster> {
+    let service = ServiceMeta {
+        host: host.into(),
+        name: PASSTHROUGH_CLUSTER.into(),
+        namespace: "unknown".into(),
+        reporter: Reporter::Source,
+    };
+    Cluster::single(PASSTHROUGH_CLUSTER, service, original, Default::default(), metrics)
+}
+
+/// The destination labels of traffic to `host` refused under
+/// `REGISTRY_ONLY` (`BlackHoleCluster`).
+pub fn black_hole_labels(host: &str) -> DestinationLabels {
+    DestinationLabels::for_service(host, BLACK_HOLE_CLUSTER, "unknown")
 }

@@ -33,8 +33,8 @@ use tracing::{debug, warn};
 
 use super::original_dst::original_dst;
 use crate::config::resources::Labels;
-use crate::metrics::{DestinationLabels, Reporter};
-use crate::proxy::capture::{Captured, BLACK_HOLE_CLUSTER, PASSTHROUGH_CLUSTER};
+use crate::metrics::Reporter;
+use crate::proxy::capture::{black_hole_labels, passthrough_cluster, Captured};
 use crate::proxy::detect::{sniff, Sniffed};
 use crate::proxy::listener::{next_connection, serve_sniffed, Servers};
 use crate::proxy::service::Downstream;
@@ -187,15 +187,11 @@ impl Listener {
         match target(&self.proxy, &routing, None, original) {
             Ok(cluster) => relay_to(stream, &cluster, log).await,
             Err((_, ResponseFlags::NR)) if allow_any => {
-                let host = original.to_string();
-                let service = service(&host, PASSTHROUGH_CLUSTER, "unknown", Reporter::Source);
-                let cluster =
-                    Cluster::single(PASSTHROUGH_CLUSTER, service, original, Labels::default(), &self.proxy.metrics);
+                let cluster = passthrough_cluster(&original.to_string(), original, &self.proxy.metrics);
                 relay_to(stream, &cluster, log).await
             }
             Err((_, ResponseFlags::NR)) => {
-                let labels = DestinationLabels::for_service(&original.to_string(), BLACK_HOLE_CLUSTER, "unknown");
-                refuse(&self.proxy.metrics, &labels, ResponseFlags::NONE, log)
+                refuse(&self.proxy.metrics, &black_hole_labels(&original.to_string()), ResponseFlags::NONE, log)
             }
             Err((labels, flags)) => refuse(&self.proxy.metrics, &labels, flags, log),
         }
